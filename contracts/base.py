@@ -1,0 +1,49 @@
+"""Building blocks the domain contracts share."""
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+#: Money in major units (129.57), exact in Python, a JSON number on the wire.
+Money = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=14, decimal_places=2),
+    PlainSerializer(lambda v: float(v), return_type=float, when_used="json"),
+]
+OrderId = Annotated[str, Field(min_length=1, max_length=200, description="Saga id, e.g. ORDER#123.")]
+ProductId = Annotated[str, Field(min_length=1, max_length=100)]
+Currency = Annotated[str, Field(pattern=r"^[a-z]{3}$", description="ISO 4217, lower case.")]
+
+
+class Contract(BaseModel):
+    """A message body: frozen, and unknown fields are an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OrderItem(Contract):
+    productId: ProductId
+    quantity: int = Field(gt=0, le=10_000, description="Units ordered; at least 1.")
+
+
+class PricedLine(Contract):
+    """An order line priced from the inventory catalog."""
+
+    productId: ProductId
+    name: str
+    quantity: int = Field(gt=0)
+    unitPrice: Money
+    lineTotal: Money
+
+
+class Customer(Contract):
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
+    phone: str | None = Field(None, pattern=r"^\+?[0-9 ()-]{6,20}$")
+
+
+class ErrorInfo(Contract):
+    """An error as Step Functions records it."""
+
+    Error: str
+    Cause: str = ""

@@ -1,0 +1,44 @@
+"""Commands to the inventory service and its replies."""
+
+from pydantic import Field
+
+from contracts.base import Contract, Currency, Money, OrderId, OrderItem, PricedLine
+
+
+class CheckInventory(Contract):
+    orderId: OrderId
+    items: list[OrderItem] = Field(min_length=1)
+    currency: Currency = "usd"
+
+
+class InventoryChecked(Contract):
+    """Every line is in stock; prices and the total come from the catalog."""
+
+    lines: list[PricedLine]
+    amount: Money
+    currency: Currency
+
+
+class ReserveInventory(Contract):
+    orderId: OrderId
+    items: list[OrderItem] = Field(min_length=1)
+    idempotencyId: str = Field(description="The orderId: one reservation per order.")
+
+
+class InventoryReserved(Contract):
+    reservationId: str
+    items: list[OrderItem]
+
+
+class ReleaseInventory(Contract):
+    """Compensation: put reserved stock back. Without items, the order's active reservations are found."""
+
+    orderId: OrderId
+    items: list[OrderItem] | None = None
+    action: str = "release"
+    idempotencyId: str = Field(description="{orderId}-release")
+
+
+class InventoryReleased(Contract):
+    released: bool = Field(description="False when nothing was reserved: a no-op success.")
+    items: list[OrderItem] = Field(default_factory=list)

@@ -1,0 +1,52 @@
+"""Every message type by its wire name, with where it travels: the source of the AsyncAPI document."""
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from contracts import inventory, notify, orders, payment, records
+from plumbing.replies import CommandFailed
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    model: type[BaseModel]
+    kind: str  # "event", "command" or "reply"
+    exchange: str
+    routing_key: str
+    summary: str
+
+
+def _doc(model: type[BaseModel]) -> str:
+    return (model.__doc__ or model.__name__).strip().splitlines()[0]
+
+
+def _commands(service: str, *models: type[BaseModel]) -> list[MessageSpec]:
+    return [MessageSpec(m, "command", "orderflow.commands", f"{service}.{m.__name__}", _doc(m)) for m in models]
+
+
+def _replies(*models: type[BaseModel]) -> list[MessageSpec]:
+    return [MessageSpec(m, "reply", "orderflow.replies", "orchestrator", _doc(m)) for m in models]
+
+
+MESSAGES: list[MessageSpec] = [
+    MessageSpec(orders.OrderRequested, "event", "orders", "order.requested", _doc(orders.OrderRequested)),
+    MessageSpec(orders.OrderOutcome, "event", "orders", "order.{status}", _doc(orders.OrderOutcome)),
+    MessageSpec(orders.OrderRejected, "event", "orders", "order.rejected", _doc(orders.OrderRejected)),
+    *_commands("inventory", inventory.CheckInventory, inventory.ReserveInventory, inventory.ReleaseInventory),
+    *_commands("payment", payment.ProcessPayment, payment.RefundPayment),
+    *_commands("orders", records.CreateOrderRecord),
+    *_commands("notify", notify.NotifyCustomer),
+    *_replies(
+        inventory.InventoryChecked,
+        inventory.InventoryReserved,
+        inventory.InventoryReleased,
+        payment.PaymentProcessed,
+        payment.PaymentRefunded,
+        records.OrderRecordCreated,
+        notify.CustomerNotified,
+        CommandFailed,
+    ),
+]
+
+BY_NAME: dict[str, MessageSpec] = {spec.model.__name__: spec for spec in MESSAGES}

@@ -1,0 +1,1 @@
+"""The saga orchestrator: the workflow definition, the pure engine, and the runner that applies it."""

@@ -1,0 +1,211 @@
+"""The workflow definition: Amazon States Language, the subset the order saga needs, validated on load.
+
+Extensions to ASL, each documented in docs/workflow.md: ``Status`` on Succeed and
+Fail states (the order's terminal status) and ``TimeoutSeconds`` on a Parallel
+state (the guide's 120 s compensation window).
+"""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ALL = "States.ALL"
+TASK_FAILED = "States.TaskFailed"
+TIMEOUT = "States.Timeout"
+BRANCH_FAILED = "States.BranchFailed"
+PREDEFINED_ERRORS = {ALL, TASK_FAILED, TIMEOUT, BRANCH_FAILED, "States.Runtime"}
+
+DEFINITION_FILE = Path(__file__).parent / "workflow.json"
+
+
+class DefinitionError(ValueError):
+    """The workflow definition is not valid; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_error_names(names: list[str]) -> list[str]:
+    if not names:
+        raise ValueError("ErrorEquals must name at least one error")
+    for name in names:
+        if name.startswith("States.") and name not in PREDEFINED_ERRORS:
+            raise ValueError(f"{name!r}: error names starting with 'States.' are reserved")
+    if ALL in names and len(names) > 1:
+        raise ValueError("States.ALL must appear alone in its ErrorEquals")
+    return names
+
+
+class Retrier(_Strict):
+    """One Retry entry; defaults are Step Functions' own."""
+
+    ErrorEquals: list[str]
+    IntervalSeconds: float = Field(1.0, gt=0)
+    MaxAttempts: int = Field(3, ge=0, description="Retries, not runs: total runs = 1 + MaxAttempts.")
+    BackoffRate: float = Field(2.0, ge=1.0)
+    MaxDelaySeconds: float | None = Field(None, gt=0)
+    JitterStrategy: Literal["FULL", "NONE"] = "NONE"
+    Comment: str | None = None
+
+    _names = field_validator("ErrorEquals")(_check_error_names)
+
+
+class Catcher(_Strict):
+    ErrorEquals: list[str]
+    Next: str
+    ResultPath: str | None = "$"
+    Comment: str | None = None
+
+    _names = field_validator("ErrorEquals")(_check_error_names)
+
+
+class _Flow(_Strict):
+    Comment: str | None = None
+    Next: str | None = None
+    End: bool | None = None
+
+    @model_validator(mode="after")
+    def _next_or_end(self) -> "_Flow":
+        if bool(self.Next) == bool(self.End):
+            raise ValueError("exactly one of Next and End must be set")
+        return self
+
+
+def _check_ordering(entries: list[Any], kind: str) -> None:
+    for i, entry in enumerate(entries):
+        if ALL in entry.ErrorEquals and i != len(entries) - 1:
+            raise ValueError(f"States.ALL must be in the last {kind}")
+
+
+class TaskState(_Flow):
+    """Send a command to a service and wait for its reply."""
+
+    Type: Literal["Task"]
+    Resource: str = Field(description="'<service>.<Command>': routing key of the command.")
+    Parameters: dict[str, Any] = Field(default_factory=dict)
+    ResultPath: str | None = "$"
+    TimeoutSeconds: float = Field(60, gt=0)
+    Retry: list[Retrier] = Field(default_factory=list)
+    Catch: list[Catcher] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tables(self) -> "TaskState":
+        _check_ordering(self.Retry, "retrier")
+        _check_ordering(self.Catch, "catcher")
+        if "." not in self.Resource:
+            raise ValueError("Resource must be '<service>.<Command>'")
+        return self
+
+    @property
+    def service(self) -> str:
+        return self.Resource.split(".", 1)[0]
+
+    @property
+    def command(self) -> str:
+        return self.Resource.split(".", 1)[1]
+
+
+class PassState(_Flow):
+    Type: Literal["Pass"]
+    Result: Any = None
+    ResultPath: str | None = "$"
+
+
+class SucceedState(_Strict):
+    Type: Literal["Succeed"]
+    Status: str | None = Field(None, description="Extension: the order's terminal status.")
+    Comment: str | None = None
+
+
+class FailState(_Strict):
+    Type: Literal["Fail"]
+    Status: str | None = Field(None, description="Extension: the order's terminal status.")
+    Error: str | None = None
+    Cause: str | None = None
+    ErrorPath: str | None = None
+    CausePath: str | None = None
+    Comment: str | None = None
+
+
+class Branch(_Strict):
+    StartAt: str
+    States: dict[str, "AnyState"]
+    Comment: str | None = None
+
+
+class ParallelState(_Flow):
+    """Run branches side by side. Extension: TimeoutSeconds, and every branch runs to its end."""
+
+    Type: Literal["Parallel"]
+    Branches: list[Branch] = Field(min_length=1)
+    ResultPath: str | None = "$"
+    TimeoutSeconds: float | None = Field(None, gt=0)
+    Retry: list[Retrier] = Field(default_factory=list)
+    Catch: list[Catcher] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tables(self) -> "ParallelState":
+        _check_ordering(self.Catch, "catcher")
+        if self.Retry:
+            raise ValueError("Retry on a Parallel state is not supported; retry inside its branches")
+        return self
+
+
+AnyState = Annotated[TaskState | PassState | SucceedState | FailState | ParallelState, Field(discriminator="Type")]
+Branch.model_rebuild()
+
+
+class Workflow(_Strict):
+    Comment: str | None = None
+    StartAt: str
+    States: dict[str, AnyState]
+    Version: str = "1.0"
+
+    @model_validator(mode="after")
+    def _links(self) -> "Workflow":
+        _check_links("", self.StartAt, self.States)
+        return self
+
+    def state(self, path: str) -> AnyState:
+        """Look up a state by its path: 'Name' at top level, 'Parallel/0/Name' inside a branch."""
+        parts = path.split("/")
+        states: dict[str, AnyState] = self.States
+        while len(parts) > 1:
+            parallel = states[parts[0]]
+            assert isinstance(parallel, ParallelState)
+            states = parallel.Branches[int(parts[1])].States
+            parts = parts[2:]
+        return states[parts[0]]
+
+
+def _check_links(where: str, start: str, states: dict[str, Any]) -> None:
+    if start not in states:
+        raise ValueError(f"{where}StartAt {start!r} is not a state")
+    for name, state in states.items():
+        targets = [getattr(state, "Next", None)] + [c.Next for c in getattr(state, "Catch", [])]
+        for target in targets:
+            if target is not None and target not in states:
+                raise ValueError(f"{where}{name}: Next {target!r} is not a state")
+        if isinstance(state, ParallelState):
+            for i, branch in enumerate(state.Branches):
+                _check_links(f"{where}{name}/Branches[{i}]: ", branch.StartAt, branch.States)
+
+
+def parse(document: dict[str, Any]) -> Workflow:
+    """Validate a definition document; every mistake is reported with its location."""
+    try:
+        return Workflow.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if not str(p).endswith('State')) or '<root>'}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise DefinitionError(f"invalid workflow definition: {problems}") from None
+
+
+def load(path: Path = DEFINITION_FILE) -> Workflow:
+    return parse(json.loads(path.read_text()))

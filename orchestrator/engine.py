@@ -1,0 +1,350 @@
+"""The pure saga engine: state + event + now -> new state, commands, timers and history.
+
+No I/O happens here. Time, ids and jitter come in through ``Context`` so tests
+drive the engine step by step and advance time instead of sleeping.
+"""
+
+import copy
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from orchestrator import paths, retry
+from orchestrator.definition import (
+    BRANCH_FAILED,
+    TIMEOUT,
+    FailState,
+    ParallelState,
+    PassState,
+    SucceedState,
+    TaskState,
+    Workflow,
+)
+from orchestrator.state import (
+    RUNNING,
+    CommandOut,
+    Decision,
+    ErrorOut,
+    Event,
+    HistoryEntry,
+    Lane,
+    ReplyReceived,
+    SagaState,
+    Started,
+    TaskRun,
+    TimerFired,
+    TimerSpec,
+)
+
+PARALLEL_LANE = "parallel"
+
+
+@dataclass
+class Context:
+    now: datetime
+    new_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def decide(workflow: Workflow, state: SagaState | None, event: Event, ctx: Context) -> Decision:
+    """Apply one event to a saga. ``state`` is None only for the Started event."""
+    run = _Run(workflow, ctx)
+    if isinstance(event, Started):
+        assert state is None, "a saga starts once"
+        saga = SagaState(
+            orderId=str(event.input.get("orderId", "")),
+            main=Lane(key="main", current=workflow.StartAt, data=copy.deepcopy(event.input)),
+        )
+        run.saga = saga
+        run.note("ExecutionStarted")
+        run.enter(saga.main)
+    else:
+        assert state is not None
+        run.saga = state.model_copy(deep=True)
+        if run.saga.finished:
+            run.note("EventAfterEnd", detail={"kind": event.kind})
+        elif isinstance(event, ReplyReceived):
+            run.on_reply(event)
+        elif isinstance(event, TimerFired):
+            run.on_timer(event)
+    return Decision(state=run.saga, commands=run.commands, timers=run.timers, history=run.history)
+
+
+class _Run:
+    """The working set of one decision."""
+
+    def __init__(self, workflow: Workflow, ctx: Context) -> None:
+        self.wf = workflow
+        self.ctx = ctx
+        self.saga: SagaState
+        self.commands: list[CommandOut] = []
+        self.timers: dict[str, TimerSpec | None] = {}
+        self.history: list[HistoryEntry] = []
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def note(self, event: str, lane: Lane | None = None, **fields: Any) -> None:
+        self.history.append(
+            HistoryEntry(
+                at=self.ctx.now,
+                event=event,
+                lane=lane.key if lane else "main",
+                state=fields.pop("state", lane.current if lane else None),
+                **fields,
+            )
+        )
+
+    def task(self, lane: Lane) -> TaskState:
+        state = self.wf.state(lane.prefix + (lane.current or ""))
+        assert isinstance(state, TaskState)
+        return state
+
+    # -- events ------------------------------------------------------------------------------
+    def on_reply(self, event: ReplyReceived) -> None:
+        lane = next(
+            (
+                lane
+                for lane in self.saga.lanes()
+                if lane.run and lane.run.commandId == event.commandId and lane.run.phase == "waiting_reply"
+            ),
+            None,
+        )
+        if lane is None:
+            # A reply to a superseded attempt (it timed out, or was retried): recorded, not applied.
+            self.note(
+                "LateReplyIgnored",
+                commandId=event.commandId,
+                state=None,
+                error=event.error.Error if event.error else None,
+                detail={"ok": event.ok},
+            )
+            return
+        assert lane.run is not None
+        self.timers[lane.key] = None
+        if event.ok:
+            task = self.task(lane)
+            self.note("TaskSucceeded", lane, attempt=lane.run.attempt, commandId=event.commandId)
+            lane.data = paths.put(lane.data, task.ResultPath, event.result or {})
+            lane.run = None
+            self.advance(lane, task.Next, task.End)
+        else:
+            error = event.error or ErrorOut(Error="States.TaskFailed")
+            self.note(
+                "TaskFailed",
+                lane,
+                attempt=lane.run.attempt,
+                commandId=event.commandId,
+                error=error.Error,
+                cause=error.Cause,
+            )
+            self.task_failed(lane, error)
+
+    def on_timer(self, event: TimerFired) -> None:
+        if event.lane == PARALLEL_LANE:
+            if self.saga.branches and event.token == self._parallel_token():
+                self.parallel_timed_out()
+            return
+        lane = next((lane for lane in self.saga.lanes() if lane.key == event.lane), None)
+        if lane is None or lane.run is None:
+            return
+        run = lane.run
+        if run.phase == "waiting_reply" and event.token == f"timeout:{run.commandId}":
+            self.timers[lane.key] = None
+            self.note("TaskTimedOut", lane, attempt=run.attempt, commandId=run.commandId, error=TIMEOUT)
+            self.task_failed(lane, ErrorOut(Error=TIMEOUT, Cause="no reply within TimeoutSeconds"))
+        elif run.phase == "waiting_retry" and event.token == f"retry:{run.commandId}":
+            self.schedule(lane, attempt=run.attempt + 1, counts=run.retryCounts)
+
+    # -- transitions -------------------------------------------------------------------------
+    def task_failed(self, lane: Lane, error: ErrorOut) -> None:
+        task = self.task(lane)
+        assert lane.run is not None
+        retried = retry.next_retry(task.Retry, lane.run.retryCounts, error.Error, self.ctx.rng)
+        if retried is not None:
+            delay, counts = retried
+            lane.run = lane.run.model_copy(update={"phase": "waiting_retry", "retryCounts": counts})
+            self.timers[lane.key] = TimerSpec(
+                token=f"retry:{lane.run.commandId}",
+                dueAt=self.ctx.now + timedelta(seconds=delay),
+                kind="retry",
+            )
+            self.note(
+                "RetryScheduled",
+                lane,
+                attempt=lane.run.attempt,
+                error=error.Error,
+                detail={"delaySeconds": round(delay, 3), "retryCounts": counts},
+            )
+            return
+        lane.run = None
+        self.catch(lane, task.Catch, error)
+
+    def catch(self, lane: Lane, catchers: list[Any], error: ErrorOut) -> None:
+        catcher = retry.find_catcher(catchers, error.Error)
+        if catcher is None:
+            self.note("NoCatcherMatched", lane, error=error.Error, cause=error.Cause)
+            self.lane_failed(lane, error)
+            return
+        lane.data = paths.put(lane.data, catcher.ResultPath, error.model_dump())
+        self.note("Caught", lane, error=error.Error, detail={"next": catcher.Next})
+        lane.current = catcher.Next
+        self.enter(lane)
+
+    def advance(self, lane: Lane, next_state: str | None, end: bool | None) -> None:
+        if end or next_state is None:
+            self.lane_succeeded(lane, status=None)
+            return
+        lane.current = next_state
+        self.enter(lane)
+
+    def enter(self, lane: Lane) -> None:
+        """Run the lane's current state: schedule a task, or pass through non-task states."""
+        state = self.wf.state(lane.prefix + (lane.current or ""))
+        if isinstance(state, TaskState):
+            self.schedule(lane, attempt=1, counts=[0] * len(state.Retry))
+        elif isinstance(state, PassState):
+            self.note("PassStateEntered", lane)
+            if state.Result is not None:
+                lane.data = paths.put(lane.data, state.ResultPath, state.Result)
+            self.advance(lane, state.Next, state.End)
+        elif isinstance(state, SucceedState):
+            self.lane_succeeded(lane, status=state.Status)
+        elif isinstance(state, FailState):
+            error = ErrorOut(
+                Error=_text(lane.data, state.ErrorPath) or state.Error or "States.Failed",
+                Cause=_text(lane.data, state.CausePath) or state.Cause or "",
+            )
+            self.lane_failed(lane, error, status=state.Status)
+        elif isinstance(state, ParallelState):
+            self.start_parallel(lane, state)
+
+    def schedule(self, lane: Lane, *, attempt: int, counts: list[int]) -> None:
+        task = self.task(lane)
+        command_id = self.ctx.new_id()
+        try:
+            payload = paths.resolve(task.Parameters, lane.data)
+        except paths.PathError as exc:
+            lane.run = None
+            self.note("TaskFailed", lane, attempt=attempt, error="States.Runtime", cause=str(exc))
+            self.catch(lane, task.Catch, ErrorOut(Error="States.Runtime", Cause=str(exc)))
+            return
+        lane.run = TaskRun(commandId=command_id, attempt=attempt, retryCounts=counts, startedAt=self.ctx.now)
+        self.commands.append(
+            CommandOut(
+                resource=task.Resource,
+                messageId=command_id,
+                attempt=attempt,
+                payload=payload,
+                state=lane.current or "",
+            )
+        )
+        self.timers[lane.key] = TimerSpec(
+            token=f"timeout:{command_id}",
+            dueAt=self.ctx.now + timedelta(seconds=task.TimeoutSeconds),
+            kind="timeout",
+        )
+        self.note("TaskScheduled", lane, attempt=attempt, commandId=command_id, detail={"resource": task.Resource})
+
+    # -- lane ends ---------------------------------------------------------------------------
+    def lane_succeeded(self, lane: Lane, status: str | None) -> None:
+        lane.outcome = "succeeded"
+        if lane.key == "main":
+            self.finish(status or "SUCCEEDED", None)
+        else:
+            self.note("BranchSucceeded", lane)
+            self.branch_done()
+
+    def lane_failed(self, lane: Lane, error: ErrorOut, status: str | None = None) -> None:
+        lane.outcome = "failed"
+        lane.error = error
+        if lane.key == "main":
+            self.finish(status or "FAILED", error)
+        else:
+            self.note("BranchFailed", lane, error=error.Error, cause=error.Cause)
+            self.branch_done()
+
+    def finish(self, status: str, error: ErrorOut | None) -> None:
+        self.saga.status = status
+        self.saga.error = error
+        for lane in self.saga.lanes():
+            self.timers.setdefault(lane.key, None)
+        self.note(
+            "ExecutionSucceeded" if error is None else "ExecutionFailed",
+            detail={"status": status},
+            error=error.Error if error else None,
+            cause=error.Cause if error else None,
+        )
+
+    # -- parallel ----------------------------------------------------------------------------
+    def _parallel_token(self) -> str:
+        return f"parallel:{self.saga.main.current}:{self.saga.branches[0].prefix}"
+
+    def start_parallel(self, lane: Lane, state: ParallelState) -> None:
+        assert lane.key == "main", "Parallel states are supported in the main flow only"
+        self.note("ParallelStateEntered", lane, detail={"branches": len(state.Branches)})
+        self.saga.branches = [
+            Lane(
+                key=f"branch:{i}",
+                prefix=f"{lane.current}/{i}/",
+                current=branch.StartAt,
+                data=copy.deepcopy(lane.data),
+            )
+            for i, branch in enumerate(state.Branches)
+        ]
+        if state.TimeoutSeconds:
+            self.timers[PARALLEL_LANE] = TimerSpec(
+                token=self._parallel_token(),
+                dueAt=self.ctx.now + timedelta(seconds=state.TimeoutSeconds),
+                kind="timeout",
+            )
+        for branch in self.saga.branches:
+            self.enter(branch)
+
+    def branch_done(self) -> None:
+        if self.saga.status != RUNNING or any(b.outcome is None for b in self.saga.branches):
+            return
+        main = self.saga.main
+        state = self.wf.state(main.current or "")
+        assert isinstance(state, ParallelState)
+        branches, self.saga.branches = self.saga.branches, []
+        self.timers[PARALLEL_LANE] = None
+        failed = [b for b in branches if b.outcome == "failed"]
+        if failed:
+            error = ErrorOut(
+                Error=failed[0].error.Error if failed[0].error else BRANCH_FAILED,
+                Cause="; ".join(f"{b.prefix}{b.current}: {b.error.Error if b.error else ''}" for b in failed),
+            )
+            main.data = paths.put(main.data, state.ResultPath, [b.data for b in branches])
+            self.note("ParallelStateFailed", main, error=error.Error, cause=error.Cause)
+            self.catch(main, state.Catch, error)
+            return
+        main.data = paths.put(main.data, state.ResultPath, [b.data for b in branches])
+        self.note("ParallelStateSucceeded", main)
+        self.advance(main, state.Next, state.End)
+
+    def parallel_timed_out(self) -> None:
+        main = self.saga.main
+        state = self.wf.state(main.current or "")
+        assert isinstance(state, ParallelState)
+        pending = [b for b in self.saga.branches if b.outcome is None]
+        for branch in pending:
+            self.timers[branch.key] = None
+        self.saga.branches = []
+        self.timers[PARALLEL_LANE] = None
+        error = ErrorOut(
+            Error=TIMEOUT, Cause="branches still running: " + ", ".join(f"{b.prefix}{b.current}" for b in pending)
+        )
+        self.note("ParallelStateTimedOut", main, error=TIMEOUT, cause=error.Cause)
+        self.catch(main, state.Catch, error)
+
+
+def _text(data: dict[str, Any], path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        value = paths.get(data, path)
+    except paths.PathError:
+        return None
+    return None if value is None else str(value)

@@ -1,0 +1,118 @@
+"""What the engine reads and returns: saga state, events, and the decision. Plain data, no I/O."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RUNNING = "RUNNING"
+
+
+class ErrorOut(BaseModel):
+    Error: str
+    Cause: str = ""
+
+
+class TaskRun(BaseModel):
+    """The current run of a Task state in one lane."""
+
+    commandId: str
+    attempt: int = Field(description="1 for the first run; retries count up from 2.")
+    retryCounts: list[int] = Field(default_factory=list, description="Retries used, per retrier.")
+    phase: Literal["waiting_reply", "waiting_retry"] = "waiting_reply"
+    startedAt: datetime
+
+
+class Lane(BaseModel):
+    """A thread of execution: the main flow, or one branch of a Parallel state."""
+
+    key: str = Field(description="'main' or 'branch:<i>': names the lane's timer.")
+    prefix: str = Field("", description="Path of the lane's states in the definition.")
+    current: str | None
+    data: dict[str, Any]
+    run: TaskRun | None = None
+    outcome: Literal["succeeded", "failed"] | None = None
+    error: ErrorOut | None = None
+
+
+class SagaState(BaseModel):
+    orderId: str
+    status: str = RUNNING
+    main: Lane
+    branches: list[Lane] = Field(default_factory=list)
+    error: ErrorOut | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status != RUNNING
+
+    def lanes(self) -> list[Lane]:
+        return [self.main, *self.branches]
+
+    def current_step(self) -> str | None:
+        return self.main.current
+
+
+class Started(BaseModel):
+    kind: Literal["started"] = "started"
+    input: dict[str, Any]
+
+
+class ReplyReceived(BaseModel):
+    kind: Literal["reply"] = "reply"
+    commandId: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: ErrorOut | None = None
+
+
+class TimerFired(BaseModel):
+    kind: Literal["timer"] = "timer"
+    lane: str
+    token: str
+
+
+Event = Started | ReplyReceived | TimerFired
+
+
+class CommandOut(BaseModel):
+    """A command to send: the runner writes it to the outbox."""
+
+    model_config = ConfigDict(frozen=True)
+
+    resource: str
+    messageId: str
+    attempt: int
+    payload: dict[str, Any]
+    state: str
+
+
+class TimerSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    token: str
+    dueAt: datetime
+    kind: Literal["timeout", "retry"]
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    event: str
+    state: str | None = None
+    lane: str = "main"
+    attempt: int | None = None
+    commandId: str | None = None
+    error: str | None = None
+    cause: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+class Decision(BaseModel):
+    state: SagaState
+    commands: list[CommandOut] = Field(default_factory=list)
+    timers: dict[str, TimerSpec | None] = Field(
+        default_factory=dict, description="Per lane key: the timer to set, or None to clear it."
+    )
+    history: list[HistoryEntry] = Field(default_factory=list)

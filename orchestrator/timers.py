@@ -1,0 +1,99 @@
+"""Fire durable timers (step timeouts, retry waits, Parallel timeouts) when they fall due.
+
+The loop sleeps until the earliest due time or until a transition announces a
+new timer with NOTIFY; it never polls. A timer is re-read under its saga's
+lock before it fires, so with several replicas each timer fires once.
+"""
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+import asyncpg
+
+from orchestrator.runner import TIMER_CHANNEL, Runner
+from orchestrator.state import TimerFired
+
+log = logging.getLogger(__name__)
+
+_BATCH = 100
+# Upper bound on one sleep, so a clock jump or a lost listener connection heals itself.
+_MAX_SLEEP = 60.0
+
+
+class TimerLoop:
+    def __init__(self, pool: asyncpg.Pool, runner: Runner, *, on_fired=None) -> None:
+        self.pool = pool
+        self.runner = runner
+        self.on_fired = on_fired
+        self._wake = asyncio.Event()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            listener: asyncpg.Connection | None = None
+            try:
+                listener = await self.pool.acquire()
+                await listener.add_listener(TIMER_CHANNEL, self._on_notify)
+                while True:
+                    self._wake.clear()
+                    await self.fire_due()
+                    sleep = await self._seconds_to_next()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), sleep)
+                    if listener.is_closed():
+                        raise ConnectionError("timer listener connection lost")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("timer loop interrupted; restarting", exc_info=True)
+                await asyncio.sleep(1.0)
+            finally:
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        await listener.remove_listener(TIMER_CHANNEL, self._on_notify)
+                    with contextlib.suppress(Exception):
+                        await self.pool.release(listener)
+
+    async def _seconds_to_next(self) -> float:
+        due = await self.pool.fetchval("SELECT min(due_at) FROM saga_timer")
+        if due is None:
+            return _MAX_SLEEP
+        return max(0.0, min(_MAX_SLEEP, (due - self.runner.clock()).total_seconds()))
+
+    async def fire_due(self) -> int:
+        """Fire every timer due now; returns how many fired."""
+        fired = 0
+        while True:
+            now = self.runner.clock()
+            due = await self.pool.fetch(
+                "SELECT order_id, lane, token FROM saga_timer WHERE due_at <= $1 ORDER BY due_at LIMIT $2",
+                now + timedelta(milliseconds=5),
+                _BATCH,
+            )
+            if not due:
+                return fired
+            for row in due:
+                if await self._fire(row["order_id"], row["lane"], row["token"]):
+                    fired += 1
+            if len(due) < _BATCH:
+                return fired
+
+    async def _fire(self, order_id: str, lane: str, token: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", order_id)
+            deleted = await conn.fetchval(
+                "DELETE FROM saga_timer WHERE order_id = $1 AND lane = $2 AND token = $3 RETURNING 1",
+                order_id,
+                lane,
+                token,
+            )
+            if not deleted:
+                return False  # another replica fired it, or a transition replaced it
+            await self.runner.apply(conn, order_id, TimerFired(lane=lane, token=token), causation_id=None)
+        if self.on_fired is not None:
+            self.on_fired()
+        return True

@@ -1,0 +1,1 @@
+"""orderctl: run, seed, drive and inspect Orderflow from the command line."""

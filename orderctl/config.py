@@ -1,0 +1,61 @@
+"""What orderctl needs to know of a deployment: every process's database, the broker, the ports.
+
+Environment variables use the ORDERFLOW_ prefix, e.g. ORDERFLOW_INVENTORY_DATABASE_URL.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.main import MIGRATIONS as ORCHESTRATOR_MIGRATIONS
+from plumbing.migrations import MigrationSet
+from services.inventory.main import MIGRATIONS as INVENTORY_MIGRATIONS
+from services.notify.main import MIGRATIONS as NOTIFY_MIGRATIONS
+from services.orders.main import MIGRATIONS as ORDERS_MIGRATIONS
+from services.payment.main import MIGRATIONS as PAYMENT_MIGRATIONS
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    module: str
+    migrations: list[MigrationSet]
+    port_offset: int
+
+
+SERVICES: list[ServiceSpec] = [
+    ServiceSpec("orchestrator", "orchestrator", ORCHESTRATOR_MIGRATIONS, 0),
+    ServiceSpec("inventory", "services.inventory", INVENTORY_MIGRATIONS, 1),
+    ServiceSpec("payment", "services.payment", PAYMENT_MIGRATIONS, 2),
+    ServiceSpec("orders", "services.orders", ORDERS_MIGRATIONS, 3),
+    ServiceSpec("notify", "services.notify", NOTIFY_MIGRATIONS, 4),
+]
+
+
+def _local(name: str) -> str:
+    return f"postgresql://orderflow_{name}@127.0.0.1:5432/orderflow_{name}"
+
+
+class CtlSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_", extra="ignore")
+
+    admin_database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    orchestrator_database_url: str = _local("orchestrator")
+    inventory_database_url: str = _local("inventory")
+    payment_database_url: str = _local("payment")
+    orders_database_url: str = _local("orders")
+    notify_database_url: str = _local("notify")
+    base_http_port: int = 8000
+    stripe_port: int = 12111
+    smtp_port: int = 8025
+    maildir: Path = Path("var/maildir")
+    stripe_webhook_secret: str = "whsec_orderflow_local"
+
+    def database_url(self, service: str) -> str:
+        return getattr(self, f"{service}_database_url")
+
+    def http_port(self, service: str) -> int:
+        spec = next(s for s in SERVICES if s.name == service)
+        return self.base_http_port + spec.port_offset

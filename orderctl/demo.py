@@ -1,0 +1,137 @@
+"""``orderctl demo``: the main job. Migrate, start everything, seed a catalog, run sample orders, print outcomes."""
+
+import asyncio
+import time
+import urllib.request
+from decimal import Decimal
+from typing import Any
+
+from contracts.base import Customer, OrderItem
+from contracts.orders import OrderRequested
+from orchestrator.status import saga_view
+from orderctl import client
+from orderctl.config import SERVICES, CtlSettings
+from orderctl.provision import migrate_all
+from orderctl.supervisor import Supervisor, children
+from plumbing.db import connect
+from services.inventory import repository as inventory_repo
+
+CATALOG = [
+    ("sku-tshirt", "Orderflow T-shirt", 20, Decimal("19.99")),
+    ("sku-mug", "Saga mug", 50, Decimal("9.50")),
+    ("sku-sticker", "Compensation sticker", 500, Decimal("1.25")),
+]
+
+
+def sample_orders(run: str) -> list[tuple[str, OrderRequested]]:
+    """One order per path of the guide's Order Status Flow that needs no fault injection."""
+    customer = Customer(email="ada@example.com", phone="+15550001111")
+
+    def order(n: int, items: list[tuple[str, int]], pm: str = "pm_card_visa") -> OrderRequested:
+        return OrderRequested(
+            orderId=f"ORDER#{run}-{n}",
+            customer=customer,
+            items=[OrderItem(productId=p, quantity=q) for p, q in items],
+            paymentMethodId=pm,
+        )
+
+    return [
+        ("happy path", order(1, [("sku-tshirt", 2), ("sku-mug", 1)])),
+        ("happy path", order(2, [("sku-sticker", 10)])),
+        ("insufficient stock (quantity 9999)", order(3, [("sku-mug", 9999)])),
+        ("payment declined", order(4, [("sku-tshirt", 1)], "pm_card_chargeDeclined")),
+        ("insufficient funds", order(5, [("sku-mug", 2)], "pm_card_chargeDeclinedInsufficientFunds")),
+    ]
+
+
+async def seed_catalog(settings: CtlSettings) -> None:
+    conn = await connect(settings.inventory_database_url)
+    try:
+        for product_id, name, stock, price in CATALOG:
+            await inventory_repo.upsert_product(conn, product_id, name=name, stock=stock, price=price, currency="usd")
+    finally:
+        await conn.close()
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+async def wait_ready(settings: CtlSettings, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = {s.name for s in SERVICES}
+    while pending:
+        pending = {name for name in pending if not await asyncio.to_thread(_ready, settings.http_port(name))}
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready after {timeout:.0f}s: {', '.join(sorted(pending))} (see var/log)")
+        await asyncio.sleep(0.2)
+
+
+async def run_demo(settings: CtlSettings, *, timeout: float = 120.0) -> int:
+    print("migrating databases ...")
+    await migrate_all(settings)
+    supervisor = Supervisor(children(settings, dev_servers=True), log_dir="var/log")
+    print("starting processes (logs in var/log/) ...")
+    await supervisor.start()
+    try:
+        await wait_ready(settings)
+        await seed_catalog(settings)
+        run = time.strftime("%Y%m%d%H%M%S")
+        orders = sample_orders(run)
+        async with client.connect(settings.amqp_url) as channel:
+            listener = client.OutcomeListener()
+            await listener.start(channel)
+            for _, order in orders:
+                await client.publish_order(channel, order)
+            print(f"published {len(orders)} orders; waiting for outcomes ...")
+            outcomes = await listener.wait_for([o.orderId for _, o in orders], timeout)
+        conn = await connect(settings.orchestrator_database_url)
+        try:
+            views = {o.orderId: await saga_view(conn, o.orderId) for _, o in orders}
+        finally:
+            await conn.close()
+        print(render_table(orders, outcomes, views))
+        return 0 if len(outcomes) == len(orders) else 1
+    finally:
+        await supervisor.stop()
+
+
+def steps_taken(view: dict[str, Any] | None) -> str:
+    if not view:
+        return "-"
+    names: list[str] = []
+    for step in view["steps"]:
+        label = step["step"] + ("" if step["outcome"] == "succeeded" else f"({step['error'] or step['outcome']})")
+        if not names or names[-1] != label:
+            names.append(label)
+    return " > ".join(names)
+
+
+def render_table(
+    orders: list[tuple[str, OrderRequested]], outcomes: dict[str, dict[str, Any]], views: dict[str, Any]
+) -> str:
+    rows = [("ORDER", "PATH", "STATUS", "AMOUNT", "ERROR", "STEPS")]
+    for path, order in orders:
+        outcome = outcomes.get(order.orderId, {})
+        error = outcome.get("error") or outcome.get("notificationError") or {}
+        amount = outcome.get("amount")
+        rows.append(
+            (
+                order.orderId,
+                path,
+                outcome.get("status", "NO OUTCOME"),
+                "-" if amount is None else f"{amount:.2f}",
+                error.get("Error", "") if isinstance(error, dict) else "",
+                steps_taken(views.get(order.orderId)),
+            )
+        )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

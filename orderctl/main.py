@@ -1,0 +1,164 @@
+"""The orderctl command line."""
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+from contracts.orders import OrderRequested
+from orchestrator.status import saga_view
+from orderctl import client
+from orderctl.config import SERVICES, CtlSettings
+from orderctl.demo import run_demo, steps_taken
+from orderctl.provision import migrate_all
+from orderctl.supervisor import Supervisor, children
+from plumbing.db import connect
+from services.inventory import repository as inventory_repo
+
+
+async def cmd_migrate(settings: CtlSettings, args: argparse.Namespace) -> int:
+    applied = await migrate_all(settings, only=args.service)
+    for service, names in applied.items():
+        print(f"{service}: {', '.join(names) if names else 'up to date'}")
+    return 0
+
+
+async def cmd_up(settings: CtlSettings, args: argparse.Namespace) -> int:
+    supervisor = Supervisor(children(settings, dev_servers=not args.no_dev_servers), log_dir=args.log_dir)
+    await supervisor.start()
+    names = ", ".join(c.name for c in supervisor.children)
+    print(f"running: {names}. Ctrl-C stops them.", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("stopping ...")
+    await supervisor.stop()
+    return 0
+
+
+async def cmd_stock(settings: CtlSettings, args: argparse.Namespace) -> int:
+    conn = await connect(settings.inventory_database_url)
+    try:
+        if args.action == "set":
+            existing = await inventory_repo.products(conn, [args.product_id])
+            name = args.name or (existing[args.product_id]["name"] if existing else args.product_id)
+            if not existing and args.price is None:
+                print("a new product needs --price", file=sys.stderr)
+                return 2
+            await inventory_repo.upsert_product(
+                conn, args.product_id, name=name, stock=args.quantity, price=args.price, currency=args.currency
+            )
+        rows = await inventory_repo.list_products(conn)
+    finally:
+        await conn.close()
+    print(f"{'PRODUCT':<20} {'NAME':<28} {'PRICE':>10} {'CUR':<4} {'STOCK':>7} {'RESERVED':>9}")
+    for r in rows:
+        print(
+            f"{r['product_id']:<20} {r['name'][:28]:<28} {r['price']:>10} {r['currency']:<4} "
+            f"{r['stock']:>7} {r['reserved']:>9}"
+        )
+    return 0
+
+
+async def cmd_submit(settings: CtlSettings, args: argparse.Namespace) -> int:
+    document = json.loads(await asyncio.to_thread(Path(args.file).read_text))
+    orders = [OrderRequested.model_validate(d) for d in (document if isinstance(document, list) else [document])]
+    async with client.connect(settings.amqp_url) as channel:
+        listener = client.OutcomeListener()
+        if args.wait:
+            await listener.start(channel)
+        for order in orders:
+            await client.publish_order(channel, order)
+            print(f"published {order.orderId}")
+        if args.wait:
+            outcomes = await listener.wait_for([o.orderId for o in orders], args.wait)
+            for order in orders:
+                outcome = outcomes.get(order.orderId)
+                print(f"{order.orderId}: {outcome['status'] if outcome else 'no outcome yet'}")
+    return 0
+
+
+async def cmd_status(settings: CtlSettings, args: argparse.Namespace) -> int:
+    conn = await connect(settings.orchestrator_database_url)
+    try:
+        view = await saga_view(conn, args.order_id)
+    finally:
+        await conn.close()
+    if view is None:
+        print(f"no saga for {args.order_id}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(view, indent=2, default=str))
+        return 0
+    print(f"order    {view['orderId']}\nstatus   {view['status']}\nstep     {view['currentStep']}")
+    print(f"amount   {view['amount']} {view['currency'] or ''}")
+    if view["error"]:
+        print(f"error    {view['error']['Error']}: {view['error']['Cause']}")
+    if view["notificationError"]:
+        print(f"notify   {view['notificationError']['Error']}: {view['notificationError']['Cause']}")
+    print(f"path     {steps_taken(view)}\n")
+    print(f"{'STEP':<26} {'LANE':<9} {'TRY':>3}  {'OUTCOME':<10} {'STARTED':<27} ERROR")
+    for step in view["steps"]:
+        print(
+            f"{step['step']:<26} {step['lane']:<9} {step['attempt']:>3}  {step['outcome']:<10} "
+            f"{step['startedAt']:<27} {step['error'] or ''}"
+        )
+    return 0
+
+
+async def cmd_demo(settings: CtlSettings, args: argparse.Namespace) -> int:
+    return await run_demo(settings, timeout=args.timeout)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orderctl", description="Run and inspect Orderflow.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("migrate", help="create databases and roles if missing, apply migrations")
+    m.add_argument("--service", choices=[s.name for s in SERVICES])
+    m.set_defaults(run=cmd_migrate)
+
+    u = sub.add_parser("up", help="start every process and keep them running until Ctrl-C")
+    u.add_argument("--no-dev-servers", action="store_true", help="do not start the local Stripe server and SMTP sink")
+    u.add_argument("--log-dir", default=None, help="write each process's log here instead of the terminal")
+    u.set_defaults(run=cmd_up)
+
+    s = sub.add_parser("stock", help="show or set stock and prices")
+    s_sub = s.add_subparsers(dest="action", required=True)
+    s_sub.add_parser("show")
+    s_set = s_sub.add_parser("set")
+    s_set.add_argument("product_id")
+    s_set.add_argument("quantity", type=int)
+    s_set.add_argument("--price", type=Decimal)
+    s_set.add_argument("--name")
+    s_set.add_argument("--currency", default="usd")
+    s.set_defaults(run=cmd_stock)
+
+    sb = sub.add_parser("submit", help="publish OrderRequested messages from a JSON file (one order or a list)")
+    sb.add_argument("file")
+    sb.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait this long for the outcomes")
+    sb.set_defaults(run=cmd_submit)
+
+    st = sub.add_parser("status", help="show an order's saga: status, steps, attempts, errors")
+    st.add_argument("order_id")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(run=cmd_status)
+
+    d = sub.add_parser("demo", help="migrate, start everything, run sample orders and print their outcomes")
+    d.add_argument("--timeout", type=float, default=120.0)
+    d.set_defaults(run=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    sys.exit(asyncio.run(args.run(CtlSettings(), args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""``orderctl migrate``: create each process's role and database if missing, then apply its migrations."""
+
+from orderctl.config import SERVICES, CtlSettings
+from plumbing.db import ensure_database
+from plumbing.migrations import migrate
+
+
+async def migrate_all(settings: CtlSettings, *, only: str | None = None) -> dict[str, list[str]]:
+    applied: dict[str, list[str]] = {}
+    for spec in SERVICES:
+        if only and spec.name != only:
+            continue
+        url = settings.database_url(spec.name)
+        await ensure_database(settings.admin_database_url, url)
+        applied[spec.name] = await migrate(url, spec.migrations)
+    return applied

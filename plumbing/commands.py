@@ -1,0 +1,47 @@
+"""Request/reply on top of the consumer: a command handler returns its result or raises a named error.
+
+The handler runs inside a savepoint of the delivery's transaction. On success
+its result is the reply; on a named error (business or transient) its writes
+are rolled back and the reply is ``CommandFailed {Error, Cause}``, committed
+with the inbox row, so the requester's Retry and Catch tables decide what next.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+from pydantic import BaseModel
+
+from plumbing.consumer import MessageContext, Route
+from plumbing.errors import DB_CONNECTION, NamedError, classify_transient
+from plumbing.replies import CommandFailed
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=BaseModel)
+CommandHandler = Callable[[MessageContext, Any], Awaitable[BaseModel]]
+
+
+def command_route(model: type[C], handler: Callable[[MessageContext, C], Awaitable[BaseModel]]) -> Route:
+    async def handle(ctx: MessageContext, command: C) -> None:
+        try:
+            async with ctx.conn.transaction():
+                result = await handler(ctx, command)
+        except NamedError as error:
+            await _fail(ctx, error)
+            return
+        except (asyncpg.PostgresError, OSError) as exc:
+            transient = classify_transient(exc)
+            if transient is None or transient.error_name == DB_CONNECTION:
+                raise  # not ours to answer: the consumer holds or requeues the delivery
+            await _fail(ctx, transient)
+            return
+        await ctx.reply(result)
+
+    return Route(model, handle)
+
+
+async def _fail(ctx: MessageContext, error: NamedError) -> None:
+    log.info("command failed", extra={"fields": {"error": error.error_name, "cause": error.cause[:300]}})
+    await ctx.reply(CommandFailed(Error=error.error_name, Cause=error.cause[:1000]))

@@ -1,0 +1,269 @@
+"""Consume a queue: validate at the edge, handle once, commit, then acknowledge.
+
+For each delivery the consumer reads the envelope, checks the size, the type,
+the schema version and the payload's schema; anything unreadable is a poison
+message, dead-lettered at once with the reason in its headers. A readable
+message is handled in one PostgreSQL transaction that also claims its id in
+the inbox and writes every outgoing message to the outbox; the delivery is
+acknowledged only after that commit. A database that is unreachable holds the
+delivery and retries with backoff; a handler that crashes has its delivery
+requeued, and after the queue's delivery limit the broker dead-letters it.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from pydantic import BaseModel, ValidationError
+
+from plumbing import inbox, metrics, outbox
+from plumbing.broker import Broker
+from plumbing.envelope import SCHEMA_VERSION, Envelope
+from plumbing.errors import DB_CONNECTION, PoisonMessage, classify_transient
+from plumbing.logs import bind, log_context
+from plumbing.topology import DEAD_LETTER_EXCHANGE, REPLIES_EXCHANGE
+
+log = logging.getLogger(__name__)
+
+HEADER_DEATH_REASON = "x-death-reason"
+HEADER_DEATH_KIND = "x-death-kind"
+
+
+@dataclass
+class MessageContext:
+    """What a handler gets besides its payload: the envelope and the open transaction."""
+
+    envelope: Envelope
+    conn: asyncpg.Connection
+    consumer: str
+    published: list[Envelope] = field(default_factory=list)
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: BaseModel,
+        *,
+        message_type: str | None = None,
+        correlation_id: str | None = None,
+        attempt: int | None = None,
+        reply_to: str | None = None,
+        message_id: str | None = None,
+    ) -> Envelope:
+        """Write a message caused by this one to the outbox, in this transaction."""
+        fields: dict[str, Any] = {
+            "type": message_type or type(payload).__name__,
+            "correlationId": correlation_id or self.envelope.correlationId,
+            "causationId": self.envelope.messageId,
+            "attempt": attempt or 1,
+            "replyTo": reply_to,
+        }
+        if message_id:
+            fields["messageId"] = message_id
+        envelope = Envelope(**fields)
+        await outbox.enqueue(self.conn, exchange=exchange, routing_key=routing_key, envelope=envelope, payload=payload)
+        self.published.append(envelope)
+        return envelope
+
+    async def reply(self, payload: BaseModel) -> Envelope:
+        """Answer the command being handled, to its reply-to key, with the same attempt."""
+        if not self.envelope.replyTo:
+            raise PoisonMessage("command has no reply-to")
+        return await self.publish(REPLIES_EXCHANGE, self.envelope.replyTo, payload, attempt=self.envelope.attempt)
+
+
+Handler = Callable[[MessageContext, Any], Awaitable[None]]
+RejectHook = Callable[[asyncpg.Connection, AbstractIncomingMessage, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Route:
+    model: type[BaseModel]
+    handler: Handler
+
+
+class Consumer:
+    """Consumes one queue, dispatching on the message type to typed handlers."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        queue: str,
+        routes: dict[str, Route],
+        pool: asyncpg.Pool,
+        broker: Broker,
+        max_message_bytes: int,
+        default_type: str | None = None,
+        on_reject: RejectHook | None = None,
+        on_committed: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.queue_name = queue
+        self.routes = routes
+        self.pool = pool
+        self.broker = broker
+        self.max_message_bytes = max_message_bytes
+        self.default_type = default_type
+        self.on_reject = on_reject
+        self.on_committed = on_committed
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+
+    async def start(self, queue: AbstractQueue) -> None:
+        self._queue = queue
+        self._tag = await queue.consume(self._on_message)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking deliveries and wait up to ``timeout`` for those in hand."""
+        self._stopping = True
+        if self._queue is not None and self._tag is not None:
+            try:
+                await self._queue.cancel(self._tag)
+            except Exception:  # the channel may already be gone
+                log.debug("cancel failed", exc_info=True)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("in-flight deliveries not finished before drain timeout; they will be redelivered")
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        self._idle.clear()
+        log_context.set({})
+        started = time.monotonic()
+        message_type = message.type or self.default_type or "unknown"
+        try:
+            outcome = await self._handle(message)
+        finally:
+            self._in_flight.discard(task)
+            if not self._in_flight:
+                self._idle.set()
+        metrics.MESSAGES_HANDLED.labels(self.queue_name, _bounded(message_type, self.routes), outcome).inc()
+        metrics.HANDLER_DURATION.labels(self.queue_name, _bounded(message_type, self.routes)).observe(
+            time.monotonic() - started
+        )
+
+    async def _handle(self, message: AbstractIncomingMessage) -> str:
+        try:
+            envelope, route, payload = self._decode(message)
+        except PoisonMessage as poison:
+            await self.dead_letter(message, poison.reason)
+            return "dead_lettered"
+        bind(
+            orderId=envelope.correlationId,
+            messageType=envelope.type,
+            attempt=envelope.attempt,
+            correlationId=envelope.correlationId,
+            messageId=envelope.messageId,
+        )
+        delay = 0.2
+        while True:
+            try:
+                handled = await self._handle_once(envelope, route, payload)
+                await message.ack()
+                if self.on_committed is not None:
+                    self.on_committed()
+                return "ok" if handled else "duplicate"
+            except PoisonMessage as poison:
+                await self.dead_letter(message, poison.reason)
+                return "dead_lettered"
+            except Exception as exc:
+                transient = classify_transient(exc)
+                if transient is not None and transient.error_name == DB_CONNECTION and not self._stopping:
+                    # The database is away: hold the delivery rather than burn its delivery limit.
+                    log.warning("database unreachable; holding delivery", extra={"fields": {"error": str(exc)}})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                log.exception("handler failed; requeueing")
+                await _settle(message.nack(requeue=True))
+                return "requeued"
+
+    def _decode(self, message: AbstractIncomingMessage) -> tuple[Envelope, Route, BaseModel]:
+        if len(message.body) > self.max_message_bytes:
+            raise PoisonMessage(f"too_large: body of {len(message.body)} bytes exceeds {self.max_message_bytes}")
+        try:
+            envelope = Envelope.from_amqp(message, default_type=self.default_type)
+        except (ValueError, ValidationError) as exc:
+            raise PoisonMessage(f"bad_envelope: {_short(exc)}") from exc
+        route = self.routes.get(envelope.type)
+        if route is None:
+            raise PoisonMessage(f"unknown_type: no handler for message type {envelope.type!r}")
+        if envelope.schemaVersion != SCHEMA_VERSION:
+            raise PoisonMessage(f"schema_version: version {envelope.schemaVersion} is not supported")
+        try:
+            payload = route.model.model_validate_json(message.body)
+        except ValidationError as exc:
+            kind = "invalid_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "schema"
+            raise PoisonMessage(f"{kind}: {_short(exc)}") from exc
+        return envelope, route, payload
+
+    async def _handle_once(self, envelope: Envelope, route: Route, payload: BaseModel) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await inbox.claim(conn, self.name, envelope.messageId):
+                return False
+            await route.handler(MessageContext(envelope=envelope, conn=conn, consumer=self.name), payload)
+        return True
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Copy the delivery to this queue's dead-letter queue with the reason, then ack it."""
+        kind = reason.split(":", 1)[0]
+        log.error("dead-lettering message", extra={"fields": {"reason": reason, "queue": self.queue_name}})
+        headers = dict(message.headers or {})
+        headers.update(
+            {
+                HEADER_DEATH_REASON: reason[:1000],
+                HEADER_DEATH_KIND: kind,
+                "x-original-exchange": message.exchange or "",
+                "x-original-routing-key": message.routing_key or "",
+            }
+        )
+        copy = aio_pika.Message(
+            body=message.body,
+            headers=headers,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            type=message.type,
+            reply_to=message.reply_to,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self.broker.publish(DEAD_LETTER_EXCHANGE, self.queue_name, copy)
+        if self.on_reject is not None:
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await self.on_reject(conn, message, reason)
+            except Exception:
+                log.exception("reject hook failed")
+        metrics.DEAD_LETTERED.labels(self.queue_name, kind).inc()
+        await message.ack()
+
+
+async def _settle(action: Awaitable[None]) -> None:
+    try:
+        await action
+    except Exception:  # channel gone: the broker requeues it anyway
+        log.debug("could not settle delivery", exc_info=True)
+
+
+def _bounded(message_type: str, routes: dict[str, Route]) -> str:
+    return message_type if message_type in routes else "unknown"
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:10])
+    return str(exc)[:500]

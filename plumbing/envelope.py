@@ -1,0 +1,91 @@
+"""The envelope every message travels in, mapped onto AMQP message properties.
+
+The body is the payload model's JSON and nothing else, so an outside client
+can publish a bare JSON document; the envelope fields ride in the standard
+AMQP properties (message-id, correlation-id, type, timestamp, reply-to) and
+in a few ``x-`` headers. A message that arrives without a message id gets a
+content-derived one, so publishing the same bytes twice is one message.
+"""
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+HEADER_CAUSATION = "x-causation-id"
+HEADER_ATTEMPT = "x-attempt"
+HEADER_SCHEMA = "x-schema-version"
+HEADER_OCCURRED = "x-occurred-at"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Envelope(BaseModel):
+    """Metadata of one message; correlationId is the saga's id (the orderId)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    messageId: str = Field(default_factory=new_id, description="Unique per message; the inbox key.")
+    type: str = Field(description="Name of the payload model, e.g. ReserveInventory.")
+    correlationId: str = Field(description="The orderId: every message of one saga shares it.")
+    causationId: str | None = Field(None, description="messageId of the message that caused this one.")
+    attempt: int = Field(1, ge=1, description="Which run of a saga step this command is.")
+    schemaVersion: int = Field(SCHEMA_VERSION, description="Version of the payload schema.")
+    occurredAt: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    replyTo: str | None = Field(None, description="Routing key for the reply to a command.")
+
+    def to_amqp(self, body: bytes) -> aio_pika.Message:
+        return aio_pika.Message(
+            body=body,
+            message_id=self.messageId,
+            correlation_id=self.correlationId,
+            type=self.type,
+            reply_to=self.replyTo,
+            timestamp=self.occurredAt,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=self.headers(),
+        )
+
+    def headers(self) -> dict[str, Any]:
+        headers: dict[str, Any] = {
+            HEADER_ATTEMPT: self.attempt,
+            HEADER_SCHEMA: self.schemaVersion,
+            HEADER_OCCURRED: self.occurredAt.isoformat(),
+        }
+        if self.causationId:
+            headers[HEADER_CAUSATION] = self.causationId
+        return headers
+
+    @classmethod
+    def from_amqp(cls, message: AbstractIncomingMessage, *, default_type: str | None = None) -> "Envelope":
+        """Read the envelope of a delivery; raises ValueError on a missing type or bad header."""
+        headers = message.headers or {}
+        message_type = message.type or default_type
+        if not message_type:
+            raise ValueError("message has no type property")
+        message_id = message.message_id or "sha256:" + hashlib.sha256(message.body).hexdigest()
+        occurred = headers.get(HEADER_OCCURRED) or message.timestamp or datetime.now(UTC)
+        return cls.model_validate(
+            {
+                "messageId": message_id,
+                "type": message_type,
+                "correlationId": message.correlation_id or "",
+                "causationId": _text(headers.get(HEADER_CAUSATION)),
+                "attempt": int(headers.get(HEADER_ATTEMPT) or 1),
+                "schemaVersion": int(headers.get(HEADER_SCHEMA) or SCHEMA_VERSION),
+                "occurredAt": _text(occurred) if isinstance(occurred, bytes) else occurred,
+                "replyTo": message.reply_to,
+            }
+        )
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,38 @@
+"""The HTTP side of a process: /metrics, /healthz (alive), /readyz (connected, not draining).
+
+Processes add their own routes (the orchestrator's order status, the payment
+webhook) to the same aiohttp application.
+"""
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, bool]]]]
+
+
+def make_app(ready: ReadyCheck) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok, checks = await ready()
+        return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

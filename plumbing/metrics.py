@@ -1,0 +1,26 @@
+"""Metrics every process exports; domain metrics live with their domain.
+
+Labels carry only bounded values (queue names, message types, reason kinds),
+never an order id, an email or free text.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_HANDLED = Counter(
+    "orderflow_messages_handled_total",
+    "Deliveries handled by a consumer, by outcome (ok, duplicate, dead_lettered, requeued).",
+    ["queue", "type", "outcome"],
+)
+HANDLER_DURATION = Histogram(
+    "orderflow_handler_duration_seconds",
+    "Time to handle one delivery, commit included.",
+    ["queue", "type"],
+)
+DEAD_LETTERED = Counter(
+    "orderflow_dead_lettered_messages_total",
+    "Messages a consumer dead-lettered itself, by queue and kind of reason.",
+    ["queue", "reason"],
+)
+OUTBOX_BACKLOG = Gauge("orderflow_outbox_backlog_messages", "Outbox rows not yet confirmed by the broker.", ["service"])
+OUTBOX_AGE = Gauge("orderflow_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", ["service"])
+READY = Gauge("orderflow_ready", "1 when broker and database are connected and not draining.", ["service"])

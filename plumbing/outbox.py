@@ -1,0 +1,134 @@
+"""Transactional outbox: write messages with the state change, publish them after commit.
+
+``enqueue`` runs inside the caller's transaction. The ``OutboxRelay`` wakes on
+a PostgreSQL NOTIFY sent by that transaction's commit (or on a local nudge),
+publishes pending rows in id order with publisher confirms, and deletes what
+the broker confirmed. Rows are locked with SKIP LOCKED, so relays of several
+replicas share the work without publishing a row twice.
+"""
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from pydantic import BaseModel
+
+from plumbing import metrics
+from plumbing.broker import Broker
+from plumbing.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "orderflow_outbox"
+_BATCH = 200
+# A missed NOTIFY (connection lost between commit and LISTEN) is caught up within this.
+_SAFETY_WAKE_SECONDS = 5.0
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    *,
+    exchange: str,
+    routing_key: str,
+    envelope: Envelope,
+    payload: BaseModel,
+) -> None:
+    """Add one message to the outbox inside the caller's open transaction."""
+    await conn.execute(
+        """INSERT INTO outbox (message_id, exchange, routing_key, envelope, body)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING""",
+        envelope.messageId,
+        exchange,
+        routing_key,
+        envelope.model_dump(mode="json"),
+        payload.model_dump_json(by_alias=True).encode(),
+    )
+    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+
+
+class OutboxRelay:
+    """Publishes the outbox of one database."""
+
+    def __init__(self, pool: asyncpg.Pool, broker: Broker, *, service: str) -> None:
+        self.pool = pool
+        self.broker = broker
+        self.service = service
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+                while True:
+                    published = await self.publish_pending()
+                    if published:
+                        continue
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), _SAFETY_WAKE_SECONDS)
+                    await self._check_listener()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("outbox relay interrupted; retrying", exc_info=True)
+                await self._close_listener()
+                await asyncio.sleep(1.0)
+
+    async def publish_pending(self) -> int:
+        """Publish one batch; returns how many rows were published."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT id, exchange, routing_key, envelope, body, created_at FROM outbox
+                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                _BATCH,
+            )
+            if not rows:
+                await self._observe_backlog(conn)
+                return 0
+            for row in rows:
+                envelope = Envelope.model_validate(row["envelope"])
+                await self.broker.publish(row["exchange"], row["routing_key"], envelope.to_amqp(bytes(row["body"])))
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+            await self._observe_backlog(conn)
+        return len(rows)
+
+    async def _observe_backlog(self, conn: asyncpg.Connection) -> None:
+        count, age = await conn.fetchrow(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox"
+        )
+        metrics.OUTBOX_BACKLOG.labels(self.service).set(count)
+        metrics.OUTBOX_AGE.labels(self.service).set(float(age))
+
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        conn = await self.pool.acquire()
+        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        self._listener = conn
+
+    async def _check_listener(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            await self._close_listener()
+            await self._listen()
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            with contextlib.suppress(Exception):
+                await self.pool.release(self._listener)
+            self._listener = None
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        await self._close_listener()
+
+
+__all__ = ["OutboxRelay", "enqueue"]

@@ -1,0 +1,160 @@
+"""Run one Orderflow process: connect, consume, relay the outbox, serve health, drain on SIGTERM."""
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from plumbing import metrics
+from plumbing.broker import Broker
+from plumbing.consumer import Consumer, RejectHook, Route
+from plumbing.db import create_pool
+from plumbing.http import make_app, serve
+from plumbing.logs import setup_logging
+from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
+from plumbing.outbox import OutboxRelay
+from plumbing.settings import ProcessSettings
+from plumbing.topology import COMMANDS_EXCHANGE, declare_consumer_queue, q_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QueueSpec:
+    """A queue this process consumes and how to handle what arrives on it."""
+
+    queue: str
+    bindings: list[tuple[str, str]]
+    routes: dict[str, Route]
+    default_type: str | None = None
+    on_reject: RejectHook | None = None
+
+
+@dataclass
+class Process:
+    """The wiring every process shares; a service supplies its queues and extras."""
+
+    name: str
+    settings: ProcessSettings
+    queues: list[QueueSpec] = field(default_factory=list)
+    routes: Callable[[web.Application], None] | None = None
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_start: Callable[["Process"], Awaitable[None]] | None = None
+    pool: asyncpg.Pool | None = None
+    broker: Broker | None = None
+    relay: OutboxRelay | None = None
+    draining: bool = False
+    consumers: list[Consumer] = field(default_factory=list)
+
+    async def ready(self) -> tuple[bool, dict[str, bool]]:
+        database = False
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    database = await self.pool.fetchval("SELECT true")
+        checks = {
+            "broker": bool(self.broker and self.broker.connected),
+            "database": bool(database),
+            "draining": self.draining,
+        }
+        ok = checks["broker"] and checks["database"] and not self.draining
+        metrics.READY.labels(self.name).set(1 if ok else 0)
+        return ok, checks
+
+    async def start(self) -> None:
+        """Connect everything and start consuming; returns once running."""
+        self.pool = await _create_pool_with_retry(self.settings)
+        self.broker = Broker(self.settings.amqp_url, name=self.name)
+        await self.broker.connect()
+        self.relay = OutboxRelay(self.pool, self.broker, service=self.name)
+        if self.on_start is not None:
+            await self.on_start(self)
+        channel = await self.broker.channel(prefetch=self.settings.prefetch)
+        for spec in self.queues:
+            queue = await declare_consumer_queue(
+                channel, spec.queue, spec.bindings, delivery_limit=self.settings.delivery_limit
+            )
+            consumer = Consumer(
+                name=self.name,
+                queue=spec.queue,
+                routes=spec.routes,
+                pool=self.pool,
+                broker=self.broker,
+                max_message_bytes=self.settings.max_message_bytes,
+                default_type=spec.default_type,
+                on_reject=spec.on_reject,
+                on_committed=self.relay.nudge,
+            )
+            await consumer.start(queue)
+            self.consumers.append(consumer)
+
+    async def run(self) -> None:
+        """Run until SIGTERM or SIGINT, then drain within ``drain_seconds``."""
+        setup_logging(self.name, self.settings.log_level)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        app = make_app(self.ready)
+        if self.routes is not None:
+            self.routes(app)
+        runner = await serve(app, self.settings.http_host, self.settings.http_port)
+        await self.start()
+        assert self.relay is not None
+        tasks = [asyncio.create_task(self.relay.run(), name="outbox-relay")]
+        tasks += [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in self.background]
+        log.info("started", extra={"fields": {"http_port": self.settings.http_port}})
+        await stop.wait()
+        log.info("draining")
+        await self.shutdown(tasks)
+        await runner.cleanup()
+        log.info("stopped")
+
+    async def shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        self.draining = True
+        budget = self.settings.drain_seconds
+        await asyncio.gather(*(c.stop(budget / 2) for c in self.consumers))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(budget / 2):
+                    while await self.relay.publish_pending():
+                        pass
+            await self.relay.close()
+        if self.broker is not None:
+            await self.broker.close()
+        if self.pool is not None:
+            await self.pool.close()
+
+
+async def _create_pool_with_retry(settings: ProcessSettings) -> asyncpg.Pool:
+    delay = 0.5
+    while True:
+        try:
+            return await create_pool(settings.database_url, size=settings.db_pool_size)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("database not reachable, retrying", extra={"fields": {"error": str(exc)}})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def command_process(name: str, settings: ProcessSettings, routes: dict[str, Route]) -> Process:
+    """A process that consumes its ``<name>.commands`` queue: what every domain service is."""
+    return Process(
+        name=name,
+        settings=settings,
+        queues=[QueueSpec(queue=q_name(name, "commands"), bindings=[(COMMANDS_EXCHANGE, f"{name}.#")], routes=routes)],
+    )
+
+
+def service_migrations(name: str, directory: Path) -> list[MigrationSet]:
+    """The plumbing's tables (outbox, inbox), then the service's own."""
+    return [MigrationSet("plumbing", PLUMBING_MIGRATIONS), MigrationSet(name, directory)]

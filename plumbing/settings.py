@@ -1,0 +1,30 @@
+"""Settings every process shares, read from the environment.
+
+The variable names are the ones the Kubernetes manifests set; the defaults work
+against the local RabbitMQ and PostgreSQL of a development machine.
+"""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ProcessSettings(BaseSettings):
+    """Connection and runtime settings of one Orderflow process."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL, vhost included.")
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        description="This process's own PostgreSQL database; no process reads another's.",
+    )
+    http_host: str = Field("127.0.0.1", description="Address of the metrics and health endpoint.")
+    http_port: int = Field(8000, description="Port of /metrics, /healthz and /readyz.")
+    prefetch: int = Field(16, ge=1, description="Unacknowledged deliveries per consumer.")
+    max_message_bytes: int = Field(64 * 1024, ge=1024, description="Larger bodies are dead-lettered unread.")
+    delivery_limit: int = Field(
+        5, ge=1, description="Redeliveries before the broker dead-letters a message that keeps failing."
+    )
+    db_pool_size: int = Field(8, ge=2)
+    log_level: str = "INFO"
+    drain_seconds: float = Field(20.0, description="Bound on graceful shutdown after SIGTERM.")

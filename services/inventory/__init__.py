@@ -1,0 +1,1 @@
+"""Inventory: the catalog, stock and reservations; answers Check, Reserve and ReleaseInventory."""

@@ -1,0 +1,89 @@
+"""Inventory's command handlers."""
+
+from collections import Counter
+
+from contracts.base import OrderItem, PricedLine
+from contracts.inventory import (
+    CheckInventory,
+    InventoryChecked,
+    InventoryReleased,
+    InventoryReserved,
+    ReleaseInventory,
+    ReserveInventory,
+)
+from plumbing.consumer import MessageContext
+from services.inventory import repository as repo
+from services.inventory.errors import InsufficientStockError, InventoryError
+
+
+def _quantities(items: list[OrderItem]) -> dict[str, int]:
+    """Sum lines per product; sorted keys give every transaction the same lock order."""
+    totals: Counter[str] = Counter()
+    for item in items:
+        totals[item.productId] += item.quantity
+    return dict(sorted(totals.items()))
+
+
+async def check_inventory(ctx: MessageContext, command: CheckInventory) -> InventoryChecked:
+    wanted = _quantities(command.items)
+    catalog = await repo.products(ctx.conn, list(wanted))
+    unknown = [p for p in wanted if p not in catalog]
+    if unknown:
+        raise InventoryError(f"unknown products: {', '.join(unknown)}")
+    short = [f"{p} (wanted {q}, in stock {catalog[p]['stock']})" for p, q in wanted.items() if catalog[p]["stock"] < q]
+    if short:
+        raise InsufficientStockError("insufficient stock: " + "; ".join(short))
+    other_currency = [p for p in wanted if catalog[p]["currency"] != command.currency]
+    if other_currency:
+        raise InventoryError(f"products not sold in {command.currency}: {', '.join(other_currency)}")
+    lines = [
+        PricedLine(
+            productId=p,
+            name=catalog[p]["name"],
+            quantity=q,
+            unitPrice=catalog[p]["price"],
+            lineTotal=catalog[p]["price"] * q,
+        )
+        for p, q in wanted.items()
+    ]
+    return InventoryChecked(lines=lines, amount=sum(line.lineTotal for line in lines), currency=command.currency)
+
+
+async def reserve_inventory(ctx: MessageContext, command: ReserveInventory) -> InventoryReserved:
+    existing = await repo.reservation_by_idempotency(ctx.conn, command.idempotencyId)
+    if existing is not None:
+        lines = await repo.reservation_lines(ctx.conn, existing["reservation_id"])
+        return InventoryReserved(
+            reservationId=existing["reservation_id"],
+            items=[OrderItem(productId=r["product_id"], quantity=r["quantity"]) for r in lines],
+        )
+    wanted = _quantities(command.items)
+    catalog = await repo.products(ctx.conn, list(wanted))
+    unknown = [p for p in wanted if p not in catalog]
+    if unknown:
+        raise InventoryError(f"unknown products: {', '.join(unknown)}")
+    for product_id, quantity in wanted.items():
+        if not await repo.take_stock(ctx.conn, product_id, quantity):
+            # The savepoint rolls back what was taken: all lines or none.
+            raise InsufficientStockError(f"stock of {product_id} changed between check and reserve")
+    reservation_id = await repo.create_reservation(ctx.conn, command.orderId, command.idempotencyId, wanted)
+    return InventoryReserved(
+        reservationId=reservation_id, items=[OrderItem(productId=p, quantity=q) for p, q in wanted.items()]
+    )
+
+
+async def release_inventory(ctx: MessageContext, command: ReleaseInventory) -> InventoryReleased:
+    remembered = await repo.idempotent_result(ctx.conn, command.idempotencyId)
+    if remembered is not None:
+        return InventoryReleased.model_validate(remembered)
+    released: Counter[str] = Counter()
+    # The order's own reservation lines are what was taken; release those, whatever items say.
+    for reservation_id in await repo.active_reservations(ctx.conn, command.orderId):
+        for line in await repo.release_reservation(ctx.conn, reservation_id):
+            released[line["product_id"]] += line["quantity"]
+    result = InventoryReleased(
+        released=bool(released),
+        items=[OrderItem(productId=p, quantity=q) for p, q in sorted(released.items())],
+    )
+    await repo.remember_result(ctx.conn, command.idempotencyId, "release", result.model_dump(mode="json"))
+    return result

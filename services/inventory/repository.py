@@ -1,0 +1,120 @@
+"""Inventory's SQL. Stock moves only by conditional UPDATEs, so it can never go negative."""
+
+import json
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+
+async def products(conn: asyncpg.Connection, product_ids: list[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        "SELECT product_id, name, price, currency, stock FROM product WHERE product_id = ANY($1::text[])",
+        product_ids,
+    )
+    return {r["product_id"]: r for r in rows}
+
+
+async def upsert_product(
+    conn: asyncpg.Connection, product_id: str, *, name: str, stock: int, price: Decimal | None, currency: str
+) -> None:
+    await conn.execute(
+        """INSERT INTO product (product_id, name, price, currency, stock) VALUES ($1, $2, coalesce($3::numeric, 0), $4, $5)
+           ON CONFLICT (product_id) DO UPDATE SET stock = excluded.stock, name = excluded.name,
+               price = coalesce($3::numeric, product.price), currency = excluded.currency, updated_at = now()""",
+        product_id,
+        name,
+        price,
+        currency,
+        stock,
+    )
+
+
+async def list_products(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT p.product_id, p.name, p.price, p.currency, p.stock,
+                  coalesce(sum(l.quantity) FILTER (WHERE r.status = 'active'), 0) AS reserved
+           FROM product p
+           LEFT JOIN reservation_line l ON l.product_id = p.product_id
+           LEFT JOIN reservation r ON r.reservation_id = l.reservation_id
+           GROUP BY p.product_id ORDER BY p.product_id"""
+    )
+
+
+async def reservation_by_idempotency(conn: asyncpg.Connection, idempotency_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT reservation_id, status FROM reservation WHERE idempotency_id = $1", idempotency_id
+    )
+
+
+async def reservation_lines(conn: asyncpg.Connection, reservation_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT product_id, quantity FROM reservation_line WHERE reservation_id = $1 ORDER BY product_id",
+        reservation_id,
+    )
+
+
+async def take_stock(conn: asyncpg.Connection, product_id: str, quantity: int) -> bool:
+    """Decrement stock if enough is left; False otherwise. The row lock serializes racing orders."""
+    left = await conn.fetchval(
+        """UPDATE product SET stock = stock - $2, updated_at = now()
+           WHERE product_id = $1 AND stock >= $2 RETURNING stock""",
+        product_id,
+        quantity,
+    )
+    return left is not None
+
+
+async def create_reservation(
+    conn: asyncpg.Connection, order_id: str, idempotency_id: str, lines: dict[str, int]
+) -> str:
+    reservation_id = "res_" + uuid.uuid4().hex
+    await conn.execute(
+        "INSERT INTO reservation (reservation_id, order_id, idempotency_id, status) VALUES ($1, $2, $3, 'active')",
+        reservation_id,
+        order_id,
+        idempotency_id,
+    )
+    await conn.executemany(
+        "INSERT INTO reservation_line (reservation_id, product_id, quantity) VALUES ($1, $2, $3)",
+        [(reservation_id, p, q) for p, q in sorted(lines.items())],
+    )
+    return reservation_id
+
+
+async def active_reservations(conn: asyncpg.Connection, order_id: str) -> list[str]:
+    rows = await conn.fetch(
+        """SELECT reservation_id FROM reservation WHERE order_id = $1 AND status = 'active'
+           ORDER BY reservation_id FOR UPDATE""",
+        order_id,
+    )
+    return [r["reservation_id"] for r in rows]
+
+
+async def release_reservation(conn: asyncpg.Connection, reservation_id: str) -> list[asyncpg.Record]:
+    """Put the reservation's stock back and mark it released, in the caller's transaction."""
+    lines = await reservation_lines(conn, reservation_id)
+    for line in lines:
+        await conn.execute(
+            "UPDATE product SET stock = stock + $2, updated_at = now() WHERE product_id = $1",
+            line["product_id"],
+            line["quantity"],
+        )
+    await conn.execute(
+        "UPDATE reservation SET status = 'released', updated_at = now() WHERE reservation_id = $1", reservation_id
+    )
+    return lines
+
+
+async def idempotent_result(conn: asyncpg.Connection, idempotency_id: str) -> dict[str, Any] | None:
+    return await conn.fetchval("SELECT result FROM idempotency_record WHERE idempotency_id = $1", idempotency_id)
+
+
+async def remember_result(conn: asyncpg.Connection, idempotency_id: str, operation: str, result: Any) -> None:
+    await conn.execute(
+        "INSERT INTO idempotency_record (idempotency_id, operation, result) VALUES ($1, $2, $3)",
+        idempotency_id,
+        operation,
+        json.loads(json.dumps(result, default=str)),
+    )

@@ -1,0 +1,1 @@
+"""Notify: the order confirmation by email (aiosmtplib) and SMS (a pluggable provider)."""

@@ -1,0 +1,72 @@
+"""Email through aiosmtplib: host, port, STARTTLS or TLS, and credentials from settings."""
+
+from email.message import EmailMessage
+
+import aiosmtplib
+
+from contracts.notify import NotifyCustomer
+from plumbing.errors import SERVICE_THROTTLED, BusinessError, NamedError, TransientError
+
+SERVICE_CONNECTION = "Service.ConnectionError"
+
+
+class NotificationError(BusinessError):
+    error_name = "NotificationError"
+
+
+def render(command: NotifyCustomer, sender: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = command.customer.email
+    message["Subject"] = f"Order {command.orderId} confirmed"
+    lines = "\n".join(
+        f"  {line.quantity} x {line.name} ({line.productId}) {line.lineTotal} {command.currency.upper()}"
+        for line in command.lines
+    )
+    message.set_content(
+        f"Thank you for your order {command.orderId}.\n\n{lines}\n\n"
+        f"Total charged: {command.amount} {command.currency.upper()}\n"
+    )
+    return message
+
+
+async def send(
+    message: EmailMessage,
+    *,
+    host: str,
+    port: int,
+    username: str | None,
+    password: str | None,
+    start_tls: bool,
+    use_tls: bool,
+    timeout: float,
+) -> None:
+    try:
+        await aiosmtplib.send(
+            message,
+            hostname=host,
+            port=port,
+            username=username,
+            password=password,
+            start_tls=start_tls,
+            use_tls=use_tls,
+            timeout=timeout,
+        )
+    except aiosmtplib.SMTPResponseException as exc:
+        raise classify_smtp(exc.code, exc.message) from exc
+    except (
+        aiosmtplib.SMTPConnectError,
+        aiosmtplib.SMTPServerDisconnected,
+        aiosmtplib.SMTPTimeoutError,
+        OSError,
+    ) as exc:
+        raise TransientError(f"SMTP server unreachable: {exc}", name=SERVICE_CONNECTION) from exc
+    except aiosmtplib.SMTPException as exc:
+        raise NotificationError(f"SMTP error: {exc}") from exc
+
+
+def classify_smtp(code: int, text: str) -> NamedError:
+    # 421 (service not available) and 450/451/452 (try again later) are the SMTP throttles.
+    if code in (421, 450, 451, 452):
+        return TransientError(f"SMTP {code}: {text}", name=SERVICE_THROTTLED)
+    return NotificationError(f"SMTP {code}: {text}")

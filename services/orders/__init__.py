@@ -1,0 +1,1 @@
+"""Orders: the final order record, created CONFIRMED once per order."""

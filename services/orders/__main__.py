@@ -1,0 +1,3 @@
+from services.orders.main import main
+
+main()
