@@ -11,7 +11,7 @@ Money = Annotated[
     Field(ge=0, max_digits=14, decimal_places=2),
     PlainSerializer(lambda v: float(v), return_type=float, when_used="json"),
 ]
-OrderId = Annotated[str, Field(min_length=1, max_length=200, description="Saga id, e.g. ORDER#123.")]
+OrderId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S", description="Saga id, e.g. ORDER#123.")]
 ProductId = Annotated[str, Field(min_length=1, max_length=100)]
 Currency = Annotated[str, Field(pattern=r"^[a-z]{3}$", description="ISO 4217, lower case.")]
 
@@ -24,7 +24,8 @@ class Contract(BaseModel):
 
 class OrderItem(Contract):
     productId: ProductId
-    quantity: int = Field(gt=0, le=10_000, description="Units ordered; at least 1.")
+    # strict: a JSON true or "2" is an error at the public edge, not an order for one or two units.
+    quantity: int = Field(gt=0, le=10_000, strict=True, description="Units ordered; at least 1.")
 
 
 class PricedLine(Contract):
@@ -32,7 +33,7 @@ class PricedLine(Contract):
 
     productId: ProductId
     name: str
-    quantity: int = Field(gt=0)
+    quantity: int = Field(gt=0, strict=True)
     unitPrice: Money
     lineTotal: Money
 

@@ -5,6 +5,7 @@ from the intrinsic ``States.Format('{}-release', $.orderId)``.
 """
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -25,13 +26,19 @@ def _steps(path: str) -> list[str | int]:
         name, *indexes = part.split("[")
         if name:
             steps.append(name)
-        steps.extend(int(i.rstrip("]")) for i in indexes)
+        try:
+            steps.extend(int(i.rstrip("]")) for i in indexes)
+        except ValueError:
+            raise PathError(f"path {path!r}: list indexes must be integers") from None
     return steps
 
 
 def get(data: Any, path: str) -> Any:
     value = data
     for step in _steps(path):
+        if not isinstance(value, dict | list):
+            # Python would index into a string ('$.orderId[0]' -> 'O'); JSONPath does not.
+            raise PathError(f"path {path!r} does not resolve")
         try:
             value = value[step]
         except (KeyError, IndexError, TypeError):
@@ -80,5 +87,7 @@ def _evaluate(expression: str, data: Any) -> Any:
         pieces = pattern.split("{}")
         if len(pieces) != len(args) + 1:
             raise PathError(f"{expression!r}: {len(pieces) - 1} placeholders for {len(args)} arguments")
-        return pieces[0] + "".join(str(arg) + piece for arg, piece in zip(args, pieces[1:], strict=True))
+        # Non-string arguments are rendered as JSON (true, null), as Step Functions does, not as Python (True, None).
+        rendered = [arg if isinstance(arg, str) else json.dumps(arg) for arg in args]
+        return pieces[0] + "".join(text + piece for text, piece in zip(rendered, pieces[1:], strict=True))
     return get(data, expression)

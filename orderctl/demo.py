@@ -1,6 +1,7 @@
 """``orderctl demo``: the main job. Migrate, start everything, seed a catalog, run sample orders, print outcomes."""
 
 import asyncio
+import json
 import time
 import urllib.request
 from decimal import Decimal
@@ -23,13 +24,43 @@ CATALOG = [
 ]
 
 
+#: Faults the demo injects, by order id suffix, so every path of the guide's Order Status Flow shows.
+DEMO_FAULTS: dict[str, list[dict[str, Any]]] = {
+    "orders": [
+        {
+            "messageType": "CreateOrderRecord",
+            "error": "OrderRecordError",
+            "cause": "injected: record store refused",
+            "correlationIdPattern": "-(record|critical)$",
+        },
+    ],
+    "notify": [
+        {
+            "messageType": "NotifyCustomer",
+            "error": "NotificationError",
+            "cause": "injected: mailbox unavailable",
+            "correlationIdPattern": "-notify$",
+        },
+    ],
+    "payment": [
+        {"messageType": "ProcessPayment", "error": "NoReply", "times": 1, "correlationIdPattern": "-slow$"},
+        {
+            "messageType": "RefundPayment",
+            "error": "RefundFailed",
+            "cause": "injected: refund refused",
+            "correlationIdPattern": "-critical$",
+        },
+    ],
+}
+
+
 def sample_orders(run: str) -> list[tuple[str, OrderRequested]]:
-    """One order per path of the guide's Order Status Flow that needs no fault injection."""
+    """One order per path of the guide's Order Status Flow; the suffix selects an injected fault."""
     customer = Customer(email="ada@example.com", phone="+15550001111")
 
-    def order(n: int, items: list[tuple[str, int]], pm: str = "pm_card_visa") -> OrderRequested:
+    def order(n: int, items: list[tuple[str, int]], pm: str = "pm_card_visa", suffix: str = "") -> OrderRequested:
         return OrderRequested(
-            orderId=f"ORDER#{run}-{n}",
+            orderId=f"ORDER#{run}-{n}{suffix}",
             customer=customer,
             items=[OrderItem(productId=p, quantity=q) for p, q in items],
             paymentMethodId=pm,
@@ -41,6 +72,10 @@ def sample_orders(run: str) -> list[tuple[str, OrderRequested]]:
         ("insufficient stock (quantity 9999)", order(3, [("sku-mug", 9999)])),
         ("payment declined", order(4, [("sku-tshirt", 1)], "pm_card_chargeDeclined")),
         ("insufficient funds", order(5, [("sku-mug", 2)], "pm_card_chargeDeclinedInsufficientFunds")),
+        ("order record fails: refund + release", order(6, [("sku-mug", 1)], suffix="-record")),
+        ("notification fails: still confirmed", order(7, [("sku-sticker", 4)], suffix="-notify")),
+        ("payment reply lost: timeout, retry", order(8, [("sku-sticker", 2)], suffix="-slow")),
+        ("record and refund fail: critical", order(9, [("sku-tshirt", 1)], suffix="-critical")),
     ]
 
 
@@ -76,7 +111,8 @@ async def wait_ready(settings: CtlSettings, timeout: float = 60.0) -> None:
 async def run_demo(settings: CtlSettings, *, timeout: float = 120.0) -> int:
     print("migrating databases ...")
     await migrate_all(settings)
-    supervisor = Supervisor(children(settings, dev_servers=True), log_dir="var/log")
+    faults = {service: {"FAULTS": json.dumps(rules)} for service, rules in DEMO_FAULTS.items()}
+    supervisor = Supervisor(children(settings, dev_servers=True, extra_env=faults), log_dir="var/log")
     print("starting processes (logs in var/log/) ...")
     await supervisor.start()
     try:
@@ -89,7 +125,10 @@ async def run_demo(settings: CtlSettings, *, timeout: float = 120.0) -> int:
             await listener.start(channel)
             for _, order in orders:
                 await client.publish_order(channel, order)
-            print(f"published {len(orders)} orders; waiting for outcomes ...")
+            print(
+                f"published {len(orders)} orders; waiting for outcomes (the lost payment reply waits out "
+                "ProcessPayment's 60 s timeout, then its 5 s retry) ..."
+            )
             outcomes = await listener.wait_for([o.orderId for _, o in orders], timeout)
         conn = await connect(settings.orchestrator_database_url)
         try:

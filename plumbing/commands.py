@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from plumbing.consumer import MessageContext, Route
 from plumbing.errors import DB_CONNECTION, NamedError, classify_transient
+from plumbing.faults import NO_REPLY
 from plumbing.replies import CommandFailed
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,13 @@ CommandHandler = Callable[[MessageContext, Any], Awaitable[BaseModel]]
 
 def command_route(model: type[C], handler: Callable[[MessageContext, C], Awaitable[BaseModel]]) -> Route:
     async def handle(ctx: MessageContext, command: C) -> None:
+        fault = ctx.faults.match(ctx.envelope) if ctx.faults else None
+        if fault is not None:
+            log.warning("injected fault", extra={"fields": {"error": fault.error}})
+            if fault.error == NO_REPLY:
+                return  # handled as lost: the requester's timeout decides
+            await _fail(ctx, NamedError(fault.cause, name=fault.error))
+            return
         try:
             async with ctx.conn.transaction():
                 result = await handler(ctx, command)

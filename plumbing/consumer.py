@@ -26,6 +26,7 @@ from plumbing import inbox, metrics, outbox
 from plumbing.broker import Broker
 from plumbing.envelope import SCHEMA_VERSION, Envelope
 from plumbing.errors import DB_CONNECTION, PoisonMessage, classify_transient
+from plumbing.faults import FaultPlan
 from plumbing.logs import bind, log_context
 from plumbing.topology import DEAD_LETTER_EXCHANGE, REPLIES_EXCHANGE
 
@@ -42,6 +43,7 @@ class MessageContext:
     envelope: Envelope
     conn: asyncpg.Connection
     consumer: str
+    faults: FaultPlan | None = None
     published: list[Envelope] = field(default_factory=list)
 
     async def publish(
@@ -103,6 +105,7 @@ class Consumer:
         default_type: str | None = None,
         on_reject: RejectHook | None = None,
         on_committed: Callable[[], None] | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.name = name
         self.queue_name = queue
@@ -113,6 +116,7 @@ class Consumer:
         self.default_type = default_type
         self.on_reject = on_reject
         self.on_committed = on_committed
+        self.faults = faults
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -215,7 +219,8 @@ class Consumer:
         async with self.pool.acquire() as conn, conn.transaction():
             if not await inbox.claim(conn, self.name, envelope.messageId):
                 return False
-            await route.handler(MessageContext(envelope=envelope, conn=conn, consumer=self.name), payload)
+            ctx = MessageContext(envelope=envelope, conn=conn, consumer=self.name, faults=self.faults)
+            await route.handler(ctx, payload)
         return True
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:

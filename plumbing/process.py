@@ -15,6 +15,7 @@ from plumbing import metrics
 from plumbing.broker import Broker
 from plumbing.consumer import Consumer, RejectHook, Route
 from plumbing.db import create_pool
+from plumbing.faults import FaultPlan
 from plumbing.http import make_app, serve
 from plumbing.logs import setup_logging
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
@@ -90,6 +91,7 @@ class Process:
                 default_type=spec.default_type,
                 on_reject=spec.on_reject,
                 on_committed=self.relay.nudge,
+                faults=FaultPlan(self.settings.faults) if self.settings.faults else None,
             )
             await consumer.start(queue)
             self.consumers.append(consumer)

@@ -7,6 +7,8 @@ against the local RabbitMQ and PostgreSQL of a development machine.
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from plumbing.faults import FaultRule
+
 
 class ProcessSettings(BaseSettings):
     """Connection and runtime settings of one Orderflow process."""
@@ -28,3 +30,6 @@ class ProcessSettings(BaseSettings):
     db_pool_size: int = Field(8, ge=2)
     log_level: str = "INFO"
     drain_seconds: float = Field(20.0, description="Bound on graceful shutdown after SIGTERM.")
+    faults: list[FaultRule] = Field(
+        default_factory=list, description="Fault injection rules (JSON); empty in production."
+    )

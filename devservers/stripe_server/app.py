@@ -33,10 +33,8 @@ log = logging.getLogger("devservers.stripe_server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FALLBACK_API_VERSION = "2026-10-28.endive"
 NO_KEY = (
-    "You did not provide an API key. You need to provide your API key in the Authorization header, "
-    "using Bearer "
-    "auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY'). See "
-    "https://stripe.com/docs/api#authentication for "
+    "You did not provide an API key. You need to provide your API key in the Authorization header, using Bearer "
+    "auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY'). See https://stripe.com/docs/api#authentication for "
     "details, or we can help at https://support.stripe.com/."
 )
 # URL collection -> (id prefix, param named in Stripe's 404 for that object)
@@ -104,8 +102,7 @@ def _api_key(request: web.Request) -> str:
 def _unrecognized(request: web.Request) -> ApiError:
     return ApiError(
         404,
-        f"Unrecognized request URL ({request.method}: {request.path}). Please see "
-        "https://stripe.com/docs or we "
+        f"Unrecognized request URL ({request.method}: {request.path}). Please see https://stripe.com/docs or we "
         "can help at https://support.stripe.com/.",
     )
 

@@ -18,8 +18,7 @@ from .forms import to_bool, to_int
 from .store import new_id
 
 SERVER_ERROR = (
-    "Sorry, something went wrong. We've already been notified of the problem, but if you need any "
-    "help, "
+    "Sorry, something went wrong. We've already been notified of the problem, but if you need any help, "
     "you can reach us at support.stripe.com/contact."
 )
 RATE_LIMIT = "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits."

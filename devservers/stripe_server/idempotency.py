@@ -27,6 +27,9 @@ from aiohttp import web
 from .errors import ApiError
 
 TTL_SECONDS = 24 * 3600
+# The SDK puts a fresh key on *every* POST, so bound memory for long dev/bench runs
+# by forgetting the oldest saved responses first (Stripe's 24h window is a floor).
+MAX_SAVED = 50_000
 MAX_KEY_LENGTH = 255
 _REUSE_HINT = "Try using a key other than '{key}' if you meant to execute a different request."
 
@@ -70,8 +73,7 @@ class IdempotencyCache:
         if lock.locked():
             raise ApiError(
                 409,
-                "There is currently another in-progress request using this Idempotent Key (that "
-                "probably means "
+                "There is currently another in-progress request using this Idempotent Key (that probably means "
                 f"you submitted twice, and the other request is still going through): {key}. "
                 "Please try again later.",
                 type_="idempotency_error",
@@ -84,6 +86,8 @@ class IdempotencyCache:
                     return self._replay(saved, key, endpoint, fingerprint)
                 response, cacheable = await execute()
                 if cacheable:
+                    while len(self._saved) >= MAX_SAVED:
+                        del self._saved[next(iter(self._saved))]
                     self._saved[scope] = Saved(
                         endpoint=endpoint,
                         fingerprint=fingerprint,
@@ -107,16 +111,14 @@ class IdempotencyCache:
         if saved.endpoint != endpoint:
             raise ApiError(
                 400,
-                "Keys for idempotent requests can only be used for the same endpoint they were "
-                "first used for "
+                "Keys for idempotent requests can only be used for the same endpoint they were first used for "
                 f"('{endpoint}' vs '{saved.endpoint}'). " + _REUSE_HINT.format(key=key),
                 type_="idempotency_error",
             )
         if saved.fingerprint != fingerprint:
             raise ApiError(
                 400,
-                "Keys for idempotent requests can only be used with the same parameters they were "
-                "first used "
+                "Keys for idempotent requests can only be used with the same parameters they were first used "
                 "with. " + _REUSE_HINT.format(key=key),
                 type_="idempotency_error",
             )

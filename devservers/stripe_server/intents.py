@@ -26,23 +26,20 @@ CANCELABLE = (
     "requires_action",
     "processing",
 )
+CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
+NEVER_REDIRECT = {"card", "card_present"}  # types that cannot send the customer elsewhere
 MINIMUM = {"usd": 50, "eur": 50, "gbp": 30, "cad": 50, "aud": 50}
 # Since API version 2023-08-16, omitting payment_method_types turns on
 # automatic_payment_methods, which then requires a return_url to confirm.
 AUTO_PM_DEFAULT_SINCE = "2023-08-16"
 RETURN_URL_REQUIRED = (
-    "A `return_url` must be specified because this Payment Intent is configured to automatically "
-    "accept the "
-    "payment methods enabled in the Dashboard, some of which may require a full page redirect to "
-    "succeed. If you "
-    "do not want to accept redirect-based payment methods, set "
-    "`automatic_payment_methods[enabled]` to `true` and "
-    "`automatic_payment_methods[allow_redirects]` to `never` when creating Setup Intents and "
-    "Payment Intents."
+    "A `return_url` must be specified because this Payment Intent is configured to automatically accept the "
+    "payment methods enabled in the Dashboard, some of which may require a full page redirect to succeed. If you "
+    "do not want to accept redirect-based payment methods, set `automatic_payment_methods[enabled]` to `true` and "
+    "`automatic_payment_methods[allow_redirects]` to `never` when creating Setup Intents and Payment Intents."
 )
 AUTH_FAILED = (
-    "The provided PaymentMethod has failed authentication. You can provide payment_method_data or "
-    "a new "
+    "The provided PaymentMethod has failed authentication. You can provide payment_method_data or a new "
     "PaymentMethod to attempt to fulfill this PaymentIntent again."
 )
 # Params that steer confirmation but are not fields of the PaymentIntent object.
@@ -58,6 +55,12 @@ _CONFIRM_ONLY = {
     "confirmation_token",
     "radar_options",
 }
+
+
+def _str_list(value: Any) -> list[str] | None:
+    if value is None or value == "":
+        return None
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
 
 
 class PaymentIntents:
@@ -83,13 +86,14 @@ class PaymentIntents:
                 param="amount",
                 code="amount_too_small",
             )
-        capture_method = to_enum(params, "capture_method", ("automatic", "automatic_async", "manual"))
-        apm, types = self._payment_method_config(params, api_version)
+        capture_method = to_enum(params, "capture_method", CAPTURE_METHODS)
+        apm, types, allowed = self._payment_method_config(params, api_version)
         confirm = to_bool(params, "confirm")
         pm = self.store.resolve_payment_method(str(params["payment_method"])) if params.get("payment_method") else None
         pi: Obj = {
             "id": new_id("pi"),
             "object": "payment_intent",
+            "allowed_payment_method_types": allowed,
             "amount": amount,
             "amount_capturable": 0,
             "amount_details": {"tip": {}},
@@ -106,6 +110,7 @@ class PaymentIntents:
             "currency": currency,
             "customer": params.get("customer"),
             "description": params.get("description"),
+            "excluded_payment_method_types": _str_list(params.get("excluded_payment_method_types")),
             "last_payment_error": None,
             "latest_charge": None,
             "livemode": False,
@@ -140,22 +145,32 @@ class PaymentIntents:
         return pi
 
     @staticmethod
-    def _payment_method_config(params: dict[str, Any], api_version: str) -> tuple[Obj | None, list[str]]:
+    def _payment_method_config(
+        params: dict[str, Any], api_version: str
+    ) -> tuple[Obj | None, list[str], list[str] | None]:
+        """(automatic_payment_methods, payment_method_types, allowed_payment_method_types).
+
+        ``payment_method_types`` is the pre-2026 create param; newer API versions
+        send ``allowed_payment_method_types`` instead.  Both are accepted.
+        """
         apm_param = params.get("automatic_payment_methods")
-        types = params.get("payment_method_types")
-        if apm_param is not None and types is not None:
+        legacy = _str_list(params.get("payment_method_types"))
+        allowed = _str_list(params.get("allowed_payment_method_types"))
+        if apm_param is not None and legacy is not None:
             raise invalid(
                 "You may only specify one of these parameters: automatic_payment_methods, payment_method_types."
             )
-        if types is not None:
-            return None, [str(t) for t in (types if isinstance(types, list) else [types])]
+        if legacy is not None:
+            return None, legacy, allowed
+        types = allowed or ["card"]
         if isinstance(apm_param, dict):
             enabled = to_bool(apm_param, "enabled")
             redirects = to_enum(apm_param, "allow_redirects", ("always", "never")) or "always"
-            return ({"allow_redirects": redirects, "enabled": True} if enabled else {"enabled": False}), ["card"]
+            apm = {"allow_redirects": redirects, "enabled": True} if enabled else {"enabled": False}
+            return apm, types, allowed
         if api_version[:10] >= AUTO_PM_DEFAULT_SINCE:
-            return {"allow_redirects": "always", "enabled": True}, ["card"]
-        return None, ["card"]
+            return {"allow_redirects": "always", "enabled": True}, types, allowed
+        return None, types, allowed
 
     # ------------------------------------------------------------ confirm
     def confirm(self, pi_id: str, params: dict[str, Any]) -> Obj:
@@ -163,12 +178,17 @@ class PaymentIntents:
         pi = self.store.get("pi", pi_id, param="intent", status=404)
         ref = params.get("payment_method") or pi["payment_method"]
         pm = self.store.resolve_payment_method(str(ref)) if ref else None
+        capture_method = to_enum(params, "capture_method", CAPTURE_METHODS)
         self._check_confirmable(pi, pm, params)
         assert pm is not None
         pi["payment_method"] = pm["id"]
-        for key in ("receipt_email", "description", "setup_future_usage", "shipping"):
+        for key in ("receipt_email", "setup_future_usage", "shipping"):
             if key in params:
                 pi[key] = params[key]
+        if capture_method:
+            pi["capture_method"] = capture_method
+        if params.get("allowed_payment_method_types"):
+            pi["allowed_payment_method_types"] = _str_list(params["allowed_payment_method_types"])
         self._attempt(pi, pm, params, authenticated=False)
         return pi
 
@@ -176,27 +196,30 @@ class PaymentIntents:
         status = pi["status"]
         if status == "succeeded":
             raise unexpected_state(
-                "You cannot confirm this PaymentIntent because it has already succeeded after "
-                "being previously "
+                "You cannot confirm this PaymentIntent because it has already succeeded after being previously "
                 "confirmed."
             )
         if status not in CONFIRMABLE:
             raise unexpected_state(
-                f"You cannot confirm this PaymentIntent because it has a status of {status}. Only "
-                "a PaymentIntent "
+                f"You cannot confirm this PaymentIntent because it has a status of {status}. Only a PaymentIntent "
                 "with one of the following statuses may be confirmed: " + ", ".join(CONFIRMABLE) + "."
             )
         if pm is None:
             raise invalid(
-                "You cannot confirm this PaymentIntent because it's missing a payment method. You "
-                "can either "
-                "update the PaymentIntent with a payment method and then confirm it again, or "
-                "confirm it again "
+                "You cannot confirm this PaymentIntent because it's missing a payment method. You can either "
+                "update the PaymentIntent with a payment method and then confirm it again, or confirm it again "
                 "directly with a payment method.",
                 code="payment_intent_unexpected_state",
             )
         apm = pi.get("automatic_payment_methods") or {}
-        if apm.get("enabled") and apm.get("allow_redirects") != "never" and not params.get("return_url"):
+        allowed = _str_list(params.get("allowed_payment_method_types")) or pi.get("allowed_payment_method_types")
+        may_redirect = not allowed or any(t not in NEVER_REDIRECT for t in allowed)
+        if (
+            apm.get("enabled")
+            and apm.get("allow_redirects") != "never"
+            and may_redirect
+            and not params.get("return_url")
+        ):
             raise invalid(RETURN_URL_REQUIRED)
 
     def _attempt(self, pi: Obj, pm: Obj, params: dict[str, Any], *, authenticated: bool) -> None:
@@ -319,10 +342,8 @@ class PaymentIntents:
         pi = self.store.get("pi", pi_id, param="intent", status=404)
         if pi["status"] != "requires_capture":
             raise unexpected_state(
-                "This PaymentIntent could not be captured because it has a status of "
-                f"{pi['status']}. Only a "
-                "PaymentIntent with one of the following statuses may be captured: "
-                "requires_capture."
+                f"This PaymentIntent could not be captured because it has a status of {pi['status']}. Only a "
+                "PaymentIntent with one of the following statuses may be captured: requires_capture."
             )
         amount = to_int(params, "amount_to_capture", positive=True) or pi["amount_capturable"]
         if amount > pi["amount_capturable"]:
@@ -349,8 +370,7 @@ class PaymentIntents:
         )
         if pi["status"] not in CANCELABLE:
             raise unexpected_state(
-                f"You cannot cancel this PaymentIntent because it has a status of {pi['status']}. "
-                "Only a "
+                f"You cannot cancel this PaymentIntent because it has a status of {pi['status']}. Only a "
                 "PaymentIntent with one of the following statuses may be canceled: " + ", ".join(CANCELABLE) + "."
             )
         if pi["status"] == "requires_capture":  # releasing the authorization refunds the uncaptured charge

@@ -9,7 +9,9 @@ loop.  Both bind port 0 so parallel test runs never collide.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -59,12 +61,18 @@ async def run_stripe_server(host: str = "127.0.0.1", port: int = 0, **app_kwargs
 
 
 async def serve_forever(host: str, port: int, **app_kwargs: Any) -> None:
-    """CLI entry: run until cancelled (Ctrl-C)."""
+    """CLI entry: run until SIGINT/SIGTERM, then shut down cleanly (docker stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # e.g. Windows
+            loop.add_signal_handler(sig, stop.set)
     async with run_stripe_server(host, port, **app_kwargs) as server:
         log.info("Stripe simulator listening on %s", server.url)
         for endpoint in server.state.webhooks.endpoints:
             log.info("webhook endpoint %s secret=%s", endpoint.url, endpoint.secret)
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("Stripe simulator stopping")
 
 
 class StripeServerThread:

@@ -20,7 +20,8 @@ async def upsert_product(
     conn: asyncpg.Connection, product_id: str, *, name: str, stock: int, price: Decimal | None, currency: str
 ) -> None:
     await conn.execute(
-        """INSERT INTO product (product_id, name, price, currency, stock) VALUES ($1, $2, coalesce($3::numeric, 0), $4, $5)
+        """INSERT INTO product (product_id, name, price, currency, stock)
+           VALUES ($1, $2, coalesce($3::numeric, 0), $4, $5)
            ON CONFLICT (product_id) DO UPDATE SET stock = excluded.stock, name = excluded.name,
                price = coalesce($3::numeric, product.price), currency = excluded.currency, updated_at = now()""",
         product_id,

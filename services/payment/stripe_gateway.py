@@ -27,7 +27,8 @@ class StripeGateway:
                 "amount": to_minor(amount, currency),
                 "currency": currency,
                 "payment_method": payment_method,
-                "payment_method_types": ["card"],
+                # Server-side confirmation with no redirect flow: 3-D Secure answers requires_action.
+                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
                 "confirm": True,
                 "metadata": {"orderId": order_id},
             },

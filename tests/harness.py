@@ -1,0 +1,195 @@
+"""Test infrastructure: a fresh RabbitMQ vhost and fresh databases per session, and the running stack.
+
+Nothing here stands in for our code: the processes are the real ones, started
+as the supervisor of ``orderctl up`` starts them, against the real servers.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+
+from orderctl.config import SERVICES, CtlSettings
+from orderctl.provision import migrate_all
+from orderctl.supervisor import Child, Supervisor, service_env
+from plumbing.db import database_name, drop_database, with_database
+
+T = TypeVar("T")
+ADMIN_DSN = os.environ.get("ORDERFLOW_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+RABBITMQ_HOST_PORT = ("127.0.0.1", 5672)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_block(size: int) -> int:
+    """A base port with ``size`` consecutive free ports after it."""
+    for _ in range(200):
+        base = free_port()
+        ok = True
+        for port in range(base, base + size):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port block")
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def fresh_vhost():
+    name = f"orderflow-test-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
+    finally:
+        with contextlib.suppress(Exception):
+            rabbitmqctl("delete_vhost", name)
+
+
+def settings_for(amqp_url: str, *, base_port: int, tmp: Path) -> CtlSettings:
+    prefix = f"of_t{uuid.uuid4().hex[:8]}"
+    urls = {
+        f"{s.name}_database_url": f"postgresql://orderflow_{s.name}@127.0.0.1:5432/{prefix}_{s.name}" for s in SERVICES
+    }
+    return CtlSettings(
+        admin_database_url=ADMIN_DSN,
+        amqp_url=amqp_url,
+        base_http_port=base_port,
+        stripe_port=free_port(),
+        smtp_port=free_port(),
+        maildir=tmp / "maildir",
+        **urls,
+    )
+
+
+async def create_databases(settings: CtlSettings) -> None:
+    await migrate_all(settings)
+
+
+async def drop_databases(settings: CtlSettings) -> None:
+    for spec in SERVICES:
+        with contextlib.suppress(Exception):
+            await drop_database(ADMIN_DSN, database_name(settings.database_url(spec.name)))
+
+
+async def db(settings: CtlSettings, service: str) -> asyncpg.Connection:
+    """Connect to a service's database as the admin (tests read every database; services never do)."""
+    url = settings.database_url(service)
+    return await asyncpg.connect(with_database(ADMIN_DSN, database_name(url)))
+
+
+def http_json(url: str, *, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+@dataclass
+class Stack:
+    settings: CtlSettings
+    supervisor: Supervisor
+    log_dir: Path
+
+    @property
+    def stripe_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.stripe_port}"
+
+    def port(self, service: str) -> int:
+        return self.settings.http_port(service)
+
+    def logs(self, service: str) -> str:
+        path = self.log_dir / f"{service}.log"
+        return path.read_text() if path.exists() else ""
+
+
+def stack_children(settings: CtlSettings, extra_env: dict[str, dict[str, str]] | None = None) -> list[Child]:
+    extra_env = extra_env or {}
+    children = [
+        Child(
+            "stripe-server",
+            [sys.executable, "-m", "devservers.stripe_server", "--port", str(settings.stripe_port)],
+            dict(os.environ),
+        ),
+        Child(
+            "smtp-sink",
+            [
+                sys.executable,
+                "-m",
+                "devservers.smtp_sink",
+                "--port",
+                str(settings.smtp_port),
+                "--maildir",
+                str(settings.maildir),
+            ],
+            dict(os.environ),
+        ),
+    ]
+    for spec in SERVICES:
+        env = service_env(settings, spec.name, {"DELIVERY_LIMIT": "5", **extra_env.get(spec.name, {})})
+        env["STRIPE_API_BASE"] = f"http://127.0.0.1:{settings.stripe_port}"
+        env["SMTP_PORT"] = str(settings.smtp_port)
+        children.append(Child(spec.name, [sys.executable, "-m", spec.module], env))
+    return children
+
+
+def is_ready(port: int) -> bool:
+    try:
+        status, _ = http_json(f"http://127.0.0.1:{port}/readyz")
+    except OSError:
+        return False
+    return status == 200
+
+
+async def wait_ready(stack: Stack, timeout: float = 60.0) -> None:
+    async def all_ready() -> bool:
+        states = await asyncio.gather(*(asyncio.to_thread(is_ready, stack.port(s.name)) for s in SERVICES))
+        return all(states)
+
+    try:
+        await eventually(all_ready, timeout=timeout, what="every process ready")
+    except AssertionError:
+        for s in SERVICES:
+            print(f"--- {s.name} log ---\n{stack.logs(s.name)[-3000:]}", file=sys.stderr)
+        raise

@@ -1,0 +1,161 @@
+"""A command delivered twice has one effect: the inbox drops the redelivery, and a retried command
+(a new message id for the same operation) is absorbed by the operation's idempotency key."""
+
+import asyncio
+import json
+import urllib.request
+import uuid
+from decimal import Decimal
+
+import aio_pika
+import pytest
+from harness import Stack, db, eventually, http_json
+from prometheus_client.parser import text_string_to_metric_families
+
+from devservers.smtp_sink import messages
+from plumbing.envelope import Envelope
+from services.inventory import repository as inventory_repo
+
+pytestmark = pytest.mark.integration
+
+
+def handled(stack: Stack, service: str, message_type: str, outcome: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.port(service)}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "orderflow_messages_handled_total"
+                and sample.labels.get("type") == message_type
+                and sample.labels.get("outcome") == outcome
+            ):
+                return sample.value
+    return 0.0
+
+
+class Requester:
+    """Sends commands the way the orchestrator does, and collects the replies on its own key."""
+
+    def __init__(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self.key = f"test-{uuid.uuid4().hex[:8]}"
+        self.replies: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def start(self) -> None:
+        queue = await self.channel.declare_queue("", exclusive=True)
+        await queue.bind("orderflow.replies", self.key)
+
+        async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            self.replies.append(message)
+
+        await queue.consume(collect, no_ack=True)
+
+    async def send(self, resource: str, payload: dict, *, message_id: str, order_id: str) -> None:
+        exchange = await self.channel.get_exchange("orderflow.commands")
+        envelope = Envelope(messageId=message_id, type=resource.split(".")[1], correlationId=order_id, replyTo=self.key)
+        await exchange.publish(envelope.to_amqp(json.dumps(payload).encode()), resource)
+
+    def replies_to(self, message_id: str) -> list[dict]:
+        return [
+            {"type": m.type, **json.loads(m.body)}
+            for m in self.replies
+            if (m.headers or {}).get("x-causation-id") == message_id
+        ]
+
+    async def reply(self, message_id: str) -> dict:
+        async def arrived():
+            found = self.replies_to(message_id)
+            return found[0] if found else None
+
+        return await eventually(arrived, timeout=30, what=f"reply to {message_id}")
+
+
+@pytest.fixture
+async def requester(channel) -> Requester:
+    r = Requester(channel)
+    await r.start()
+    return r
+
+
+async def test_redelivered_reserve_has_one_effect(stack: Stack, requester: Requester) -> None:
+    sku, order_id = f"sku-{uuid.uuid4().hex[:8]}", f"ORDER#{uuid.uuid4().hex[:8]}"
+    conn = await db(stack.settings, "inventory")
+    await inventory_repo.upsert_product(conn, sku, name="x", stock=10, price=Decimal("1.00"), currency="usd")
+    command = {"orderId": order_id, "items": [{"productId": sku, "quantity": 4}], "idempotencyId": order_id}
+    duplicates_before = handled(stack, "inventory", "ReserveInventory", "duplicate")
+
+    await requester.send("inventory.ReserveInventory", command, message_id="m1-" + order_id, order_id=order_id)
+    await requester.send("inventory.ReserveInventory", command, message_id="m1-" + order_id, order_id=order_id)
+    first = await requester.reply("m1-" + order_id)
+    await eventually(
+        lambda: asyncio.to_thread(
+            lambda: handled(stack, "inventory", "ReserveInventory", "duplicate") > duplicates_before
+        ),
+        what="the redelivery handled as a duplicate",
+    )
+    assert len(requester.replies_to("m1-" + order_id)) == 1
+    assert first["type"] == "InventoryReserved"
+
+    # A retry of the step is a new message for the same operation: the idempotencyId absorbs it.
+    await requester.send("inventory.ReserveInventory", command, message_id="m2-" + order_id, order_id=order_id)
+    second = await requester.reply("m2-" + order_id)
+    assert second["reservationId"] == first["reservationId"]
+    try:
+        assert await conn.fetchval("SELECT stock FROM product WHERE product_id = $1", sku) == 6
+        assert await conn.fetchval("SELECT count(*) FROM reservation WHERE order_id = $1", order_id) == 1
+    finally:
+        await conn.close()
+
+
+async def test_retried_payment_charges_once(stack: Stack, requester: Requester) -> None:
+    order_id = f"ORDER#{uuid.uuid4().hex[:8]}"
+    command = {
+        "orderId": order_id,
+        "amount": 12.34,
+        "currency": "usd",
+        "paymentMethodId": "pm_card_visa",
+        "idempotencyKey": f"{order_id}-payment",
+    }
+    await requester.send("payment.ProcessPayment", command, message_id="p1-" + order_id, order_id=order_id)
+    await requester.send("payment.ProcessPayment", command, message_id="p1-" + order_id, order_id=order_id)
+    await requester.send("payment.ProcessPayment", command, message_id="p2-" + order_id, order_id=order_id)
+    first, second = await requester.reply("p1-" + order_id), await requester.reply("p2-" + order_id)
+    assert first["type"] == second["type"] == "PaymentProcessed"
+    assert first["paymentIntentId"] == second["paymentIntentId"]
+    _, state = http_json(f"{stack.stripe_url}/_test/state")
+    charges = [c for c in state["charges"] if c.get("payment_intent") == first["paymentIntentId"]]
+    assert len(charges) == 1 and charges[0]["amount"] == 1234
+
+
+async def test_redelivered_order_record_and_notification_have_one_effect(stack: Stack, requester: Requester) -> None:
+    order_id = f"ORDER#{uuid.uuid4().hex[:8]}"
+    customer = {"email": "grace@example.com", "phone": "+15550002222"}
+    lines = [{"productId": "sku-1", "name": "One", "quantity": 1, "unitPrice": 5.0, "lineTotal": 5.0}]
+    record = {
+        "orderId": order_id,
+        "customer": customer,
+        "lines": lines,
+        "amount": 5.0,
+        "currency": "usd",
+        "paymentIntentId": "pi_test",
+    }
+    await requester.send("orders.CreateOrderRecord", record, message_id="r1-" + order_id, order_id=order_id)
+    await requester.send("orders.CreateOrderRecord", record, message_id="r2-" + order_id, order_id=order_id)
+    assert (await requester.reply("r1-" + order_id))["created"] is True
+    assert (await requester.reply("r2-" + order_id))["created"] is False  # the conditional insert fell back
+
+    notify = {"orderId": order_id, "customer": customer, "lines": lines, "amount": 5.0, "currency": "usd"}
+    await requester.send("notify.NotifyCustomer", notify, message_id="n1-" + order_id, order_id=order_id)
+    await requester.send("notify.NotifyCustomer", notify, message_id="n2-" + order_id, order_id=order_id)
+    first, second = await requester.reply("n1-" + order_id), await requester.reply("n2-" + order_id)
+    # The two deliveries may run side by side: each channel is sent by exactly one of them.
+    results = first["results"] + second["results"]
+    assert sorted(r["channel"] for r in results if r["status"] == "sent") == ["email", "sms"]
+    assert sorted(r["channel"] for r in results if r["status"] == "skipped") == ["email", "sms"]
+
+    conn = await db(stack.settings, "orders")
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM order_record WHERE order_id = $1", order_id) == 1
+    finally:
+        await conn.close()
+    assert len([m for m in messages(stack.settings.maildir) if order_id in m["Subject"]]) == 1
