@@ -31,6 +31,8 @@ from orchestrator.state import (
     Event,
     HistoryEntry,
     Lane,
+    Redriven,
+    RedrivePoint,
     ReplyReceived,
     SagaState,
     Started,
@@ -64,7 +66,9 @@ def decide(workflow: Workflow, state: SagaState | None, event: Event, ctx: Conte
     else:
         assert state is not None
         run.saga = state.model_copy(deep=True)
-        if run.saga.finished:
+        if isinstance(event, Redriven):
+            run.redrive()
+        elif run.saga.finished:
             run.note("EventAfterEnd", detail={"kind": event.kind})
         elif isinstance(event, ReplyReceived):
             run.on_reply(event)
@@ -178,10 +182,13 @@ class _Run:
                 detail={"delaySeconds": round(delay, 3), "retryCounts": counts},
             )
             return
+        lane.lastAttempt = lane.run.attempt
         lane.run = None
         self.catch(lane, task.Catch, error)
 
-    def catch(self, lane: Lane, catchers: list[Any], error: ErrorOut) -> None:
+    def catch(self, lane: Lane, catchers: list[Any], error: ErrorOut, branches: list[Lane] | None = None) -> None:
+        if lane.key == "main" and lane.current:
+            self.saga.redrive = RedrivePoint(state=lane.current, lastAttempt=lane.lastAttempt, branches=branches or [])
         catcher = retry.find_catcher(catchers, error.Error)
         if catcher is None:
             self.note("NoCatcherMatched", lane, error=error.Error, cause=error.Cause)
@@ -203,6 +210,7 @@ class _Run:
         """Run the lane's current state: schedule a task, or pass through non-task states."""
         state = self.wf.state(lane.prefix + (lane.current or ""))
         if isinstance(state, TaskState):
+            lane.lastAttempt = 0
             self.schedule(lane, attempt=1, counts=[0] * len(state.Retry))
         elif isinstance(state, PassState):
             self.note("PassStateEntered", lane)
@@ -231,6 +239,7 @@ class _Run:
             self.catch(lane, task.Catch, ErrorOut(Error="States.Runtime", Cause=str(exc)))
             return
         lane.run = TaskRun(commandId=command_id, attempt=attempt, retryCounts=counts, startedAt=self.ctx.now)
+        lane.lastAttempt = attempt
         self.commands.append(
             CommandOut(
                 resource=task.Resource,
@@ -318,7 +327,7 @@ class _Run:
             )
             main.data = paths.put(main.data, state.ResultPath, [b.data for b in branches])
             self.note("ParallelStateFailed", main, error=error.Error, cause=error.Cause)
-            self.catch(main, state.Catch, error)
+            self.catch(main, state.Catch, error, branches=branches)
             return
         main.data = paths.put(main.data, state.ResultPath, [b.data for b in branches])
         self.note("ParallelStateSucceeded", main)
@@ -328,7 +337,8 @@ class _Run:
         main = self.saga.main
         state = self.wf.state(main.current or "")
         assert isinstance(state, ParallelState)
-        pending = [b for b in self.saga.branches if b.outcome is None]
+        branches = self.saga.branches
+        pending = [b for b in branches if b.outcome is None]
         for branch in pending:
             self.timers[branch.key] = None
         self.saga.branches = []
@@ -337,7 +347,44 @@ class _Run:
             Error=TIMEOUT, Cause="branches still running: " + ", ".join(f"{b.prefix}{b.current}" for b in pending)
         )
         self.note("ParallelStateTimedOut", main, error=TIMEOUT, cause=error.Cause)
-        self.catch(main, state.Catch, error)
+        for branch in pending:
+            branch.outcome, branch.run = "failed", None
+        self.catch(main, state.Catch, error, branches=branches)
+
+    # -- redrive -----------------------------------------------------------------------------
+    def redrive(self) -> None:
+        """Restart the step that failed; steps and branches that succeeded are not run again."""
+        point = self.saga.redrive
+        if not self.saga.finished or point is None:
+            self.note("RedriveRefused", detail={"status": self.saga.status})
+            return
+        main = self.saga.main
+        self.saga.status, self.saga.error, self.saga.redrive = RUNNING, None, None
+        self.saga.redriveCount += 1
+        main.current, main.outcome, main.error = point.state, None, None
+        self.note("ExecutionRedriven", main, detail={"redriveCount": self.saga.redriveCount})
+        state = self.wf.state(point.state)
+        if isinstance(state, TaskState):
+            self.schedule(main, attempt=point.lastAttempt + 1, counts=[0] * len(state.Retry))
+        elif isinstance(state, ParallelState) and point.branches:
+            self.saga.branches = point.branches
+            if state.TimeoutSeconds:
+                self.timers[PARALLEL_LANE] = TimerSpec(
+                    token=self._parallel_token(),
+                    dueAt=self.ctx.now + timedelta(seconds=state.TimeoutSeconds),
+                    kind="timeout",
+                )
+            for branch in self.saga.branches:
+                if branch.outcome == "succeeded":
+                    continue
+                branch.outcome, branch.error = None, None
+                branch_state = self.wf.state(branch.prefix + (branch.current or ""))
+                if isinstance(branch_state, TaskState):
+                    self.schedule(branch, attempt=branch.lastAttempt + 1, counts=[0] * len(branch_state.Retry))
+                else:
+                    self.enter(branch)
+        else:
+            self.enter(main)
 
 
 def _text(data: dict[str, Any], path: str | None) -> str | None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from contracts.orders import OrderRejected, OrderRequested
 from contracts.registry import MESSAGES
 from orchestrator import definition
+from orchestrator.metrics import SAGAS_IN_FLIGHT
 from orchestrator.runner import REPLY_KEY, Runner
 from orchestrator.state import ErrorOut, ReplyReceived
 from orchestrator.status import saga_view
@@ -19,6 +20,7 @@ from orchestrator.timers import TimerLoop
 from plumbing import outbox
 from plumbing.consumer import MessageContext, Route
 from plumbing.envelope import Envelope
+from plumbing.http import SCRAPE_HOOKS
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
 from plumbing.process import Process, QueueSpec
 from plumbing.replies import CommandFailed
@@ -97,6 +99,14 @@ def build(settings: OrchestratorSettings) -> Process:
             return web.json_response(view)
 
         app.router.add_get("/orders/{order_id}", get_order)
+
+        async def count_in_flight() -> None:
+            if process.pool is not None:
+                async with asyncio.timeout(2):
+                    running = await process.pool.fetchval("SELECT count(*) FROM saga WHERE status = 'RUNNING'")
+                SAGAS_IN_FLIGHT.set(running)
+
+        app[SCRAPE_HOOKS].append(count_in_flight)
 
     async def timer_loop() -> None:
         assert process.pool is not None and process.relay is not None

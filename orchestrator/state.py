@@ -33,6 +33,15 @@ class Lane(BaseModel):
     run: TaskRun | None = None
     outcome: Literal["succeeded", "failed"] | None = None
     error: ErrorOut | None = None
+    lastAttempt: int = Field(0, description="Runs of the current state so far; a redrive continues the count.")
+
+
+class RedrivePoint(BaseModel):
+    """Where the main flow last failed: the state a redrive restarts, and the branches as they ended."""
+
+    state: str
+    lastAttempt: int = 0
+    branches: list[Lane] = Field(default_factory=list)
 
 
 class SagaState(BaseModel):
@@ -41,6 +50,8 @@ class SagaState(BaseModel):
     main: Lane
     branches: list[Lane] = Field(default_factory=list)
     error: ErrorOut | None = None
+    redrive: RedrivePoint | None = None
+    redriveCount: int = 0
 
     @property
     def finished(self) -> bool:
@@ -72,7 +83,13 @@ class TimerFired(BaseModel):
     token: str
 
 
-Event = Started | ReplyReceived | TimerFired
+class Redriven(BaseModel):
+    """Restart a failed saga from the step that failed, as Step Functions' RedriveExecution."""
+
+    kind: Literal["redrive"] = "redrive"
+
+
+Event = Started | ReplyReceived | TimerFired | Redriven
 
 
 class CommandOut(BaseModel):

@@ -9,6 +9,9 @@ from decimal import Decimal
 from pathlib import Path
 
 from contracts.orders import OrderRequested
+from orchestrator import definition
+from orchestrator.runner import Runner
+from orchestrator.state import Redriven
 from orchestrator.status import saga_view
 from orderctl import client
 from orderctl.config import SERVICES, CtlSettings
@@ -111,6 +114,27 @@ async def cmd_status(settings: CtlSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_redrive(settings: CtlSettings, args: argparse.Namespace) -> int:
+    conn = await connect(settings.orchestrator_database_url)
+    try:
+        async with conn.transaction():
+            status = await conn.fetchval("SELECT status FROM saga WHERE order_id = $1 FOR UPDATE", args.order_id)
+            if status is None:
+                print(f"no saga for {args.order_id}", file=sys.stderr)
+                return 1
+            if status != "FAILED_CRITICAL":
+                print(f"{args.order_id} is {status}; only FAILED_CRITICAL sagas are redriven", file=sys.stderr)
+                return 2
+            runner = Runner(definition.load(Path(args.workflow_file)))
+            decision = await runner.apply(conn, args.order_id, Redriven(), causation_id=None)
+    finally:
+        await conn.close()
+    assert decision is not None
+    restarted = ", ".join(sorted({c.state for c in decision.commands})) or "-"
+    print(f"{args.order_id} redriven from {restarted}; follow it with: orderctl status '{args.order_id}'")
+    return 0
+
+
 async def cmd_demo(settings: CtlSettings, args: argparse.Namespace) -> int:
     return await run_demo(settings, timeout=args.timeout)
 
@@ -148,6 +172,11 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("order_id")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=cmd_status)
+
+    r = sub.add_parser("redrive", help="restart a FAILED_CRITICAL saga from the step that failed")
+    r.add_argument("order_id")
+    r.add_argument("--workflow-file", default=str(definition.DEFINITION_FILE))
+    r.set_defaults(run=cmd_redrive)
 
     d = sub.add_parser("demo", help="migrate, start everything, run sample orders and print their outcomes")
     d.add_argument("--timeout", type=float, default=120.0)

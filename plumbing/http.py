@@ -10,12 +10,21 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, bool]]]]
+#: Refreshes gauges read from the database (sagas in flight) just before a scrape.
+ScrapeHook = Callable[[], Awaitable[None]]
+SCRAPE_HOOKS = web.AppKey("scrape_hooks", list)
 
 
 def make_app(ready: ReadyCheck) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
+    app[SCRAPE_HOOKS] = []
 
-    async def metrics_view(_: web.Request) -> web.Response:
+    async def metrics_view(request: web.Request) -> web.Response:
+        for hook in request.app[SCRAPE_HOOKS]:
+            try:
+                await hook()
+            except Exception:  # a database away must not hide the other metrics
+                pass
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:

@@ -1,7 +1,9 @@
 """Fixtures shared by the integration and end-to-end tests."""
 
+import json
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aio_pika
 import pytest
@@ -17,6 +19,8 @@ from harness import (
     wait_ready,
 )
 
+from orchestrator.definition import DEFINITION_FILE
+from orderctl.client import OutcomeListener
 from orderctl.supervisor import Supervisor
 
 
@@ -41,14 +45,42 @@ def amqp_url(servers: None) -> str:
         yield url
 
 
+#: Faults the session's stack injects, selected by the order id's suffix (see plumbing/faults.py).
+STACK_FAULTS = {
+    "orders": [
+        {"messageType": "CreateOrderRecord", "error": "OrderRecordError", "correlationIdPattern": "-(record|critical)$"}
+    ],
+    "notify": [{"messageType": "NotifyCustomer", "error": "NotificationError", "correlationIdPattern": "-notify$"}],
+    "payment": [
+        {"messageType": "ProcessPayment", "error": "NoReply", "times": 1, "correlationIdPattern": "-slow$"},
+        # Four runs fail (1 + 3 retries): the saga ends FAILED_CRITICAL, and a redrive's fifth run succeeds.
+        {"messageType": "RefundPayment", "error": "RefundFailed", "times": 4, "correlationIdPattern": "-critical$"},
+    ],
+}
+#: ProcessPayment's timeout in the session's workflow; the real 60 s would make the timeout tests slow.
+#: The definition is data: only this number differs from orchestrator/workflow.json.
+PAYMENT_TIMEOUT_SECONDS = 3
+
+
+def short_timeout_workflow(tmp: Path) -> Path:
+    document = json.loads(DEFINITION_FILE.read_text())
+    document["States"]["ProcessPayment"]["TimeoutSeconds"] = PAYMENT_TIMEOUT_SECONDS
+    path = tmp / "workflow.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
 @pytest.fixture(scope="session")
 async def stack(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     settings = settings_for(amqp_url, base_port=free_port_block(5), tmp=tmp)
     await create_databases(settings)
-    supervisor = Supervisor(stack_children(settings), log_dir=str(tmp / "log"))
+    extra_env = {service: {"FAULTS": json.dumps(rules)} for service, rules in STACK_FAULTS.items()}
+    workflow_file = str(short_timeout_workflow(tmp))
+    extra_env["orchestrator"] = {"WORKFLOW_FILE": workflow_file}
+    supervisor = Supervisor(stack_children(settings, extra_env), log_dir=str(tmp / "log"))
     await supervisor.start()
-    running = Stack(settings=settings, supervisor=supervisor, log_dir=tmp / "log")
+    running = Stack(settings=settings, supervisor=supervisor, log_dir=tmp / "log", workflow_file=workflow_file)
     try:
         await wait_ready(running)
         yield running
@@ -64,3 +96,11 @@ async def channel(stack: Stack) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
         yield await connection.channel()
     finally:
         await connection.close()
+
+
+@pytest.fixture
+async def listener(channel: aio_pika.abc.AbstractChannel) -> OutcomeListener:
+    """Hears every order.* outcome from the moment the test starts."""
+    listening = OutcomeListener()
+    await listening.start(channel)
+    return listening

@@ -12,19 +12,24 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aio_pika
 import asyncpg
 
+from orderctl.client import OutcomeListener
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.provision import migrate_all
 from orderctl.supervisor import Child, Supervisor, service_env
 from plumbing.db import database_name, drop_database, with_database
+from services.inventory import repository as inventory_repo
 
 T = TypeVar("T")
 ADMIN_DSN = os.environ.get("ORDERFLOW_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -131,6 +136,7 @@ class Stack:
     settings: CtlSettings
     supervisor: Supervisor
     log_dir: Path
+    workflow_file: str = ""
 
     @property
     def stripe_url(self) -> str:
@@ -193,3 +199,52 @@ async def wait_ready(stack: Stack, timeout: float = 60.0) -> None:
         for s in SERVICES:
             print(f"--- {s.name} log ---\n{stack.logs(s.name)[-3000:]}", file=sys.stderr)
         raise
+
+
+# -- driving orders ------------------------------------------------------------------------------
+def new_id(prefix: str = "ORDER#") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+async def seed(stack: Stack, products: dict[str, tuple[int, str]]) -> None:
+    conn = await db(stack.settings, "inventory")
+    try:
+        for product_id, (stock, price) in products.items():
+            await inventory_repo.upsert_product(
+                conn, product_id, name=f"Product {product_id}", stock=stock, price=Decimal(price), currency="usd"
+            )
+    finally:
+        await conn.close()
+
+
+async def stock_of(stack: Stack, product_id: str) -> int:
+    conn = await db(stack.settings, "inventory")
+    try:
+        return await conn.fetchval("SELECT stock FROM product WHERE product_id = $1", product_id)
+    finally:
+        await conn.close()
+
+
+def order_body(order_id: str, items: list[tuple[str, int]], pm: str = "pm_card_visa") -> dict:
+    return {
+        "orderId": order_id,
+        "customer": {"email": "ada@example.com", "phone": None},
+        "items": [{"productId": p, "quantity": q} for p, q in items],
+        "paymentMethodId": pm,
+    }
+
+
+async def publish_raw(channel: aio_pika.abc.AbstractChannel, body: bytes, **props) -> None:
+    """Publish as an outside client would: a bare JSON body, no envelope properties required."""
+    exchange = await channel.declare_exchange("orders", aio_pika.ExchangeType.TOPIC, durable=True)
+    await exchange.publish(aio_pika.Message(body=body, content_type="application/json", **props), "order.requested")
+
+
+async def outcome_of(listener: OutcomeListener, order_id: str, timeout: float = 60.0) -> dict:
+    outcomes = await listener.wait_for([order_id], timeout)
+    assert order_id in outcomes, f"no outcome for {order_id} within {timeout}s"
+    return outcomes[order_id]
+
+
+def order_url(stack: Stack, order_id: str) -> str:
+    return f"http://127.0.0.1:{stack.port('orchestrator')}/orders/{urllib.parse.quote(order_id, safe='')}"

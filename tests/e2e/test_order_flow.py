@@ -7,66 +7,13 @@ import urllib.parse
 import uuid
 from decimal import Decimal
 
-import aio_pika
 import pytest
-from harness import Stack, db, eventually, http_json
+from harness import Stack, db, eventually, http_json, new_id, order_body, outcome_of, publish_raw, seed, stock_of
 
 from devservers.smtp_sink import messages
 from orderctl.client import OutcomeListener
-from services.inventory import repository as inventory_repo
 
 pytestmark = pytest.mark.e2e
-
-
-def new_id(prefix: str = "ORDER#") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
-
-
-async def seed(stack: Stack, products: dict[str, tuple[int, str]]) -> None:
-    conn = await db(stack.settings, "inventory")
-    try:
-        for product_id, (stock, price) in products.items():
-            await inventory_repo.upsert_product(
-                conn, product_id, name=f"Product {product_id}", stock=stock, price=Decimal(price), currency="usd"
-            )
-    finally:
-        await conn.close()
-
-
-async def stock_of(stack: Stack, product_id: str) -> int:
-    conn = await db(stack.settings, "inventory")
-    try:
-        return await conn.fetchval("SELECT stock FROM product WHERE product_id = $1", product_id)
-    finally:
-        await conn.close()
-
-
-def order_body(order_id: str, items: list[tuple[str, int]], pm: str = "pm_card_visa") -> dict:
-    return {
-        "orderId": order_id,
-        "customer": {"email": "ada@example.com", "phone": None},
-        "items": [{"productId": p, "quantity": q} for p, q in items],
-        "paymentMethodId": pm,
-    }
-
-
-async def publish_raw(channel: aio_pika.abc.AbstractChannel, body: bytes, **props) -> None:
-    """Publish as an outside client would: a bare JSON body, no envelope properties required."""
-    exchange = await channel.declare_exchange("orders", aio_pika.ExchangeType.TOPIC, durable=True)
-    await exchange.publish(aio_pika.Message(body=body, content_type="application/json", **props), "order.requested")
-
-
-async def outcome_of(listener: OutcomeListener, order_id: str, timeout: float = 60.0) -> dict:
-    outcomes = await listener.wait_for([order_id], timeout)
-    assert order_id in outcomes, f"no outcome for {order_id} within {timeout}s"
-    return outcomes[order_id]
-
-
-@pytest.fixture
-async def listener(channel: aio_pika.abc.AbstractChannel) -> OutcomeListener:
-    listening = OutcomeListener()
-    await listening.start(channel)
-    return listening
 
 
 async def test_happy_path_confirms_with_effects_in_every_service(stack: Stack, channel, listener) -> None:
