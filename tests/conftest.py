@@ -12,7 +12,6 @@ from harness import (
     Stack,
     create_databases,
     drop_databases,
-    free_port_block,
     fresh_vhost,
     settings_for,
     stack_children,
@@ -73,7 +72,7 @@ def short_timeout_workflow(tmp: Path) -> Path:
 @pytest.fixture(scope="session")
 async def stack(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
-    settings = settings_for(amqp_url, base_port=free_port_block(5), tmp=tmp)
+    settings = settings_for(amqp_url, tmp=tmp)
     await create_databases(settings)
     extra_env = {service: {"FAULTS": json.dumps(rules)} for service, rules in STACK_FAULTS.items()}
     workflow_file = str(short_timeout_workflow(tmp))

@@ -89,17 +89,19 @@ def fresh_vhost():
             rabbitmqctl("delete_vhost", name)
 
 
-def settings_for(amqp_url: str, *, base_port: int, tmp: Path) -> CtlSettings:
+def settings_for(amqp_url: str, *, tmp: Path) -> CtlSettings:
+    """Settings for a fresh installation: its own databases and one block of free ports."""
     prefix = f"of_t{uuid.uuid4().hex[:8]}"
     urls = {
         f"{s.name}_database_url": f"postgresql://orderflow_{s.name}@127.0.0.1:5432/{prefix}_{s.name}" for s in SERVICES
     }
+    base = free_port_block(len(SERVICES) + 2)  # the processes, then the Stripe server and the SMTP sink
     return CtlSettings(
         admin_database_url=ADMIN_DSN,
         amqp_url=amqp_url,
-        base_http_port=base_port,
-        stripe_port=free_port(),
-        smtp_port=free_port(),
+        base_http_port=base,
+        stripe_port=base + len(SERVICES),
+        smtp_port=base + len(SERVICES) + 1,
         maildir=tmp / "maildir",
         **urls,
     )
@@ -248,3 +250,17 @@ async def outcome_of(listener: OutcomeListener, order_id: str, timeout: float = 
 
 def order_url(stack: Stack, order_id: str) -> str:
     return f"http://127.0.0.1:{stack.port('orchestrator')}/orders/{urllib.parse.quote(order_id, safe='')}"
+
+
+def metric_value(port: int, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``, read from a process's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from harness import Stack, drop_databases, free_port_block, fresh_vhost, settings_for
+from harness import Stack, drop_databases, fresh_vhost, settings_for
 
 pytestmark = pytest.mark.e2e
 
@@ -77,14 +77,15 @@ def test_stock_submit_and_status(stack: Stack, tmp_path: Path) -> None:
 
 async def test_demo_shows_each_order_outcome(servers: None, tmp_path: Path) -> None:
     with fresh_vhost() as amqp_url:  # its own vhost: the session's stack consumes the shared one
-        settings = settings_for(amqp_url, base_port=free_port_block(5), tmp=tmp_path)
+        settings = settings_for(amqp_url, tmp=tmp_path)
         await _run_demo(settings, tmp_path)
 
 
 async def _run_demo(settings, tmp_path: Path) -> None:
     try:
-        result = orderctl(settings, "demo", "--timeout", "90", cwd=tmp_path, timeout=240)
-        assert result.returncode == 0, result.stdout + result.stderr
+        result = orderctl(settings, "demo", "--timeout", "120", cwd=tmp_path, timeout=300)
+        logs = "".join(f"\n--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((tmp_path / "var/log").glob("*.log")))
+        assert result.returncode == 0, result.stdout + result.stderr + logs
         table = result.stdout
         assert table.count("CONFIRMED") >= 2
         assert "CANCELLED" in table and "InsufficientStockError" in table
@@ -94,7 +95,7 @@ async def _run_demo(settings, tmp_path: Path) -> None:
 
 
 def test_migrate_is_idempotent(amqp_url: str, tmp_path: Path) -> None:
-    settings = settings_for(amqp_url, base_port=free_port_block(5), tmp=tmp_path)
+    settings = settings_for(amqp_url, tmp=tmp_path)
     try:
         first = orderctl(settings, "migrate")
         assert first.returncode == 0, first.stderr
