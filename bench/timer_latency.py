@@ -53,9 +53,7 @@ async def main(sagas: int, spread: float) -> None:
             if time.monotonic() - started > spread + 60:
                 break
         loop.cancel()
-        fired = await pool.fetch(
-            "SELECT order_id, at FROM saga_history WHERE event = 'TaskTimedOut' ORDER BY order_id"
-        )
+        fired = await pool.fetch("SELECT order_id, at FROM saga_history WHERE event = 'TaskTimedOut' ORDER BY order_id")
         lateness = sorted((r["at"] - due[r["order_id"]]).total_seconds() for r in fired)
         await pool.close()
         print(f"timers: {sagas}, fired: {len(lateness)}, due over {spread:.1f}s")

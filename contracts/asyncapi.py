@@ -74,9 +74,13 @@ def routes_to(binding: tuple[str, str], spec: MessageSpec) -> bool:
     exchange, key = binding
     if spec.exchange != exchange:
         return False
+    # A routing key with a {parameter} stands for each of the parameter's values.
+    keys = [spec.routing_key]
+    for name, parameter in _parameters(spec).items():
+        keys = [k.replace("{" + name + "}", value) for k in keys for value in parameter["enum"]]
     if EXCHANGE_TYPES[exchange] == "topic":
-        return _topic_matches(key.split("."), spec.routing_key.split("."))
-    return key == spec.routing_key
+        return any(_topic_matches(key.split("."), k.split(".")) for k in keys)
+    return key in keys
 
 
 def consumer_queues() -> dict[str, tuple[str, str]]:
@@ -87,6 +91,8 @@ def consumer_queues() -> dict[str, tuple[str, str]]:
     queues = {q_name("orchestrator", "order-requests"): (EVENTS_EXCHANGE, requested.routing_key)}
     queues[q_name("orchestrator", "replies")] = (REPLIES_EXCHANGE, reply_key)
     queues |= {q_name(service, "commands"): (COMMANDS_EXCHANGE, f"{service}.#") for service in services}
+    # Inventory hears order.confirmed to commit the order's reservation.
+    queues[q_name("inventory", "order-events")] = (EVENTS_EXCHANGE, "order.confirmed")
     return queues
 
 
@@ -181,7 +187,7 @@ def _operation(spec: MessageSpec, action: str) -> dict[str, Any]:
 
 
 def _operations() -> dict[str, Any]:
-    """Receive what lands in one of our queues; send every command and reply, and the events nobody of ours hears."""
+    """Receive what lands in one of our queues; send every message but those outside clients publish."""
     queues = consumer_queues()
     reply_channels = sorted({_channel_id(s) for s in MESSAGES if s.kind == "reply"})
     operations: dict[str, Any] = {}
@@ -193,7 +199,7 @@ def _operations() -> dict[str, Any]:
             receive["bindings"] = {"amqp": {"ack": True, "bindingVersion": BINDING_VERSION}}
             receive["description"] = f"Consumed from the queue `{queue}`."
             operations[f"receive{name}"] = receive
-        if spec.kind != "event" or queue is None:
+        if not spec.from_client:
             send = _operation(spec, "send")
             amqp = {"bindingVersion": BINDING_VERSION, "deliveryMode": 2, "timestamp": True}
             send["bindings"] = {"amqp": amqp | {"mandatory": spec.exchange in MANDATORY_EXCHANGES}}

@@ -15,6 +15,7 @@ class MessageSpec:
     exchange: str
     routing_key: str
     summary: str
+    from_client: bool = False  # published by outside clients, never by Orderflow
 
 
 def _doc(model: type[BaseModel]) -> str:
@@ -30,7 +31,9 @@ def _replies(*models: type[BaseModel]) -> list[MessageSpec]:
 
 
 MESSAGES: list[MessageSpec] = [
-    MessageSpec(orders.OrderRequested, "event", "orders", "order.requested", _doc(orders.OrderRequested)),
+    MessageSpec(
+        orders.OrderRequested, "event", "orders", "order.requested", _doc(orders.OrderRequested), from_client=True
+    ),
     MessageSpec(orders.OrderOutcome, "event", "orders", "order.{status}", _doc(orders.OrderOutcome)),
     MessageSpec(orders.OrderRejected, "event", "orders", "order.rejected", _doc(orders.OrderRejected)),
     *_commands("inventory", inventory.CheckInventory, inventory.ReserveInventory, inventory.ReleaseInventory),

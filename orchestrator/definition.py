@@ -1,8 +1,9 @@
 """The workflow definition: Amazon States Language, the subset the order saga needs, validated on load.
 
 Extensions to ASL, each documented in docs/workflow.md: ``Status`` on Succeed and
-Fail states (the order's terminal status) and ``TimeoutSeconds`` on a Parallel
-state (the guide's 120 s compensation window).
+Fail states (the order's terminal status), ``TimeoutSeconds`` on a Parallel
+state (the guide's 120 s compensation window) and ``Compensation`` on a Task
+state (it undoes an earlier step; counted in orderflow_compensations_total).
 """
 
 import json
@@ -90,6 +91,9 @@ class TaskState(_Flow):
     TimeoutSeconds: float = Field(60, gt=0)
     Retry: list[Retrier] = Field(default_factory=list)
     Catch: list[Catcher] = Field(default_factory=list)
+    Compensation: bool = Field(
+        False, description="Extension: the task undoes an earlier step (a release, a refund); only metrics read it."
+    )
 
     @model_validator(mode="after")
     def _tables(self) -> "TaskState":

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from contracts.orders import OrderRejected, OrderRequested
 from contracts.registry import MESSAGES
 from orchestrator import definition
-from orchestrator.metrics import SAGAS_IN_FLIGHT
+from orchestrator.metrics import SAGAS_FAILED_CRITICAL, SAGAS_IN_FLIGHT
 from orchestrator.runner import REPLY_KEY, Runner
 from orchestrator.state import ErrorOut, ReplyReceived
 from orchestrator.status import saga_view
@@ -103,8 +103,14 @@ def build(settings: OrchestratorSettings) -> Process:
         async def count_in_flight() -> None:
             if process.pool is not None:
                 async with asyncio.timeout(2):
-                    running = await process.pool.fetchval("SELECT count(*) FROM saga WHERE status = 'RUNNING'")
-                SAGAS_IN_FLIGHT.set(running)
+                    counts = dict(
+                        await process.pool.fetch(
+                            "SELECT status, count(*) FROM saga WHERE status IN ('RUNNING', 'FAILED_CRITICAL') "
+                            "GROUP BY status"
+                        )
+                    )
+                SAGAS_IN_FLIGHT.set(counts.get("RUNNING", 0))
+                SAGAS_FAILED_CRITICAL.set(counts.get("FAILED_CRITICAL", 0))
 
         app[SCRAPE_HOOKS].append(count_in_flight)
 

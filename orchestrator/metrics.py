@@ -1,28 +1,104 @@
-"""Saga metrics, counted from the engine's history entries. Labels are steps, errors and statuses only."""
+"""Saga metrics, counted from the engine's decisions. Labels are steps, errors, statuses and outcomes only.
+
+Steps are labelled by state name, so the two Parallel states' RefundPayment
+branches share ``step="RefundPayment"``. The guide's five figures are ratios of
+these counters; deploy/monitoring/orderflow-rules.yaml writes them in PromQL.
+"""
+
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from orchestrator.state import Decision
+from orchestrator.definition import FailState, ParallelState, SucceedState, TaskState, Workflow
+from orchestrator.state import Decision, HistoryEntry, SagaState, TaskRun
 
 SAGAS_STARTED = Counter("orderflow_sagas_started_total", "Sagas started.")
 SAGAS_FINISHED = Counter("orderflow_sagas_finished_total", "Sagas finished, by terminal status.", ["status"])
+SAGAS_RETRIED = Counter(
+    "orderflow_sagas_retried_total",
+    "Sagas that needed at least one retry, counted once when they finish (a redriven saga again when it ends).",
+)
+NOTIFICATION_ERRORS = Counter(
+    "orderflow_saga_notification_errors_total",
+    "Sagas that ended CONFIRMED with $.notificationError: the order stands but the customer was not told.",
+)
 STEP_ATTEMPTS = Counter("orderflow_step_attempts_total", "Task runs sent, retries included.", ["step"])
 STEP_RETRIES = Counter("orderflow_step_retries_total", "Retries scheduled, by step and error.", ["step", "error"])
 STEP_TIMEOUTS = Counter("orderflow_step_timeouts_total", "Task runs that timed out.", ["step"])
 STEP_FAILURES = Counter("orderflow_step_failures_total", "Task runs that failed, by step and error.", ["step", "error"])
+COMPENSATIONS = Counter(
+    "orderflow_compensations_total",
+    "Compensation tasks that ended, retries included in one count: outcome succeeded, or failed once no retry "
+    "applies (or its Parallel timed out).",
+    ["step", "outcome"],
+)
+STEP_DURATION = Histogram(
+    "orderflow_step_duration_seconds",
+    "Time from a task run's command to its reply or its timeout.",
+    ["step"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 SAGA_DURATION = Histogram(
     "orderflow_saga_duration_seconds",
     "Time from OrderRequested to the terminal status.",
     ["status"],
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
+SAGAS_FAILED_CRITICAL = Gauge(
+    "orderflow_sagas_failed_critical", "Sagas now in FAILED_CRITICAL, waiting for manual review or a redrive."
+)
 SAGAS_IN_FLIGHT = Gauge("orderflow_sagas_in_flight", "Sagas not yet in a terminal status.")
 
+SUCCEEDED, FAILED = "succeeded", "failed"
+_REPLY_EVENTS = {"TaskSucceeded", "TaskFailed", "TaskTimedOut"}
 
-def observe(decision: Decision, *, started: bool, duration_seconds: float | None) -> None:
-    if started:
+
+def prepare(workflow: Workflow) -> None:
+    """Export every label value the workflow names at zero.
+
+    A series born at 1 has no earlier sample, so ``increase()`` misses its first
+    count: without this the first FAILED_CRITICAL after a restart would raise no alert.
+    """
+    for name, task in _tasks(workflow.States):
+        STEP_ATTEMPTS.labels(name)
+        STEP_TIMEOUTS.labels(name)
+        STEP_DURATION.labels(name)
+        if task.Compensation:
+            COMPENSATIONS.labels(name, SUCCEEDED)
+            COMPENSATIONS.labels(name, FAILED)
+    for status in _statuses(workflow.States):
+        SAGAS_FINISHED.labels(status)
+        SAGA_DURATION.labels(status)
+
+
+def compensation_steps(workflow: Workflow) -> frozenset[str]:
+    """Names of the Task states marked ``Compensation``, branches included."""
+    return frozenset(name for name, task in _tasks(workflow.States) if task.Compensation)
+
+
+def observe(
+    decision: Decision,
+    *,
+    workflow: Workflow,
+    before: SagaState | None,
+    duration_seconds: float | None,
+    retried: bool = False,
+) -> None:
+    """Count one decision.
+
+    ``before`` is the saga the decision was taken on (None for a start): it holds
+    the runs a reply or timeout ends, and the branches a Parallel timeout cut
+    short. ``retried`` says whether the history of a saga this decision finished
+    holds a retry; the runner reads it from saga_history, since the state keeps
+    only the current runs.
+    """
+    if before is None:
         SAGAS_STARTED.inc()
-    for entry in decision.history:
+    compensations = compensation_steps(workflow)
+    runs = {lane.run.commandId: lane.run for lane in before.lanes() if lane.run} if before else {}
+    history = decision.history
+    for i, entry in enumerate(history):
         step = entry.state or "unknown"
         if entry.event == "TaskScheduled":
             STEP_ATTEMPTS.labels(step).inc()
@@ -32,6 +108,54 @@ def observe(decision: Decision, *, started: bool, duration_seconds: float | None
             STEP_TIMEOUTS.labels(step).inc()
         elif entry.event == "TaskFailed":
             STEP_FAILURES.labels(step, entry.error or "unknown").inc()
-    if decision.state.finished and duration_seconds is not None:
-        SAGAS_FINISHED.labels(decision.state.status).inc()
-        SAGA_DURATION.labels(decision.state.status).observe(duration_seconds)
+        elif entry.event == "ParallelStateTimedOut" and before is not None:
+            for branch in before.branches:
+                if branch.outcome is None and branch.current is not None and branch.current in compensations:
+                    COMPENSATIONS.labels(branch.current, FAILED).inc()
+        if entry.event in _REPLY_EVENTS:
+            _observe_run_end(entry, runs.get(entry.commandId or ""))
+            if step in compensations:
+                if entry.event == "TaskSucceeded":
+                    COMPENSATIONS.labels(step, SUCCEEDED).inc()
+                elif not _retry_follows(history, i):
+                    COMPENSATIONS.labels(step, FAILED).inc()
+    if decision.state.finished and (before is None or not before.finished):
+        status = decision.state.status
+        SAGAS_FINISHED.labels(status).inc()
+        if duration_seconds is not None:
+            SAGA_DURATION.labels(status).observe(duration_seconds)
+        if retried:
+            SAGAS_RETRIED.inc()
+        if status == "CONFIRMED" and decision.state.main.data.get("notificationError") is not None:
+            NOTIFICATION_ERRORS.inc()
+
+
+def _observe_run_end(entry: HistoryEntry, run: TaskRun | None) -> None:
+    # A run that never sent its command (its Parameters did not resolve) has no duration.
+    if run is not None:
+        STEP_DURATION.labels(entry.state or "unknown").observe(max(0.0, (entry.at - run.startedAt).total_seconds()))
+
+
+def _retry_follows(history: list[HistoryEntry], i: int) -> bool:
+    """Whether the failure at ``history[i]`` is retried: the engine notes RetryScheduled next in that lane."""
+    lane = history[i].lane
+    following = next((e for e in history[i + 1 :] if e.lane == lane), None)
+    return following is not None and following.event == "RetryScheduled"
+
+
+def _tasks(states: dict[str, Any]) -> Iterator[tuple[str, TaskState]]:
+    for name, state in states.items():
+        if isinstance(state, TaskState):
+            yield name, state
+        elif isinstance(state, ParallelState):
+            for branch in state.Branches:
+                yield from _tasks(branch.States)
+
+
+def _statuses(states: dict[str, Any]) -> set[str]:
+    """Terminal statuses of the main flow; FAILED is also the engine's status when no catcher matches."""
+    statuses = {"FAILED"}
+    for state in states.values():
+        if isinstance(state, SucceedState | FailState):
+            statuses.add(state.Status or ("SUCCEEDED" if isinstance(state, SucceedState) else "FAILED"))
+    return statuses

@@ -41,6 +41,7 @@ class Runner:
     def __init__(self, workflow: Workflow, *, clock: Clock = utcnow) -> None:
         self.workflow = workflow
         self.clock = clock
+        metrics.prepare(workflow)
 
     async def start(self, conn: asyncpg.Connection, order: dict[str, Any], *, causation_id: str | None) -> str:
         """Start the saga of ``order`` unless it exists; returns 'started', 'duplicate' or 'conflict'."""
@@ -74,7 +75,7 @@ class Runner:
             digest,
         )
         await self._record(conn, order_id, decision, causation_id)
-        metrics.observe(decision, started=True, duration_seconds=None)
+        metrics.observe(decision, workflow=self.workflow, before=None, duration_seconds=None)
         return "started"
 
     async def apply(
@@ -100,7 +101,8 @@ class Runner:
         if just_finished:
             await self._publish_outcome(conn, decision.state, causation_id)
         duration = (self.clock() - row["created_at"]).total_seconds() if just_finished else None
-        metrics.observe(decision, started=False, duration_seconds=duration)
+        retried = just_finished and await _had_retry(conn, order_id)
+        metrics.observe(decision, workflow=self.workflow, before=before, duration_seconds=duration, retried=retried)
         return decision
 
     def _ctx(self) -> Context:
@@ -165,6 +167,12 @@ class Runner:
             notificationError=data.get("notificationError"),
         )
         await _publish(conn, EVENTS_EXCHANGE, f"order.{saga.status.lower()}", outcome, saga.orderId, causation_id)
+
+
+async def _had_retry(conn: asyncpg.Connection, order_id: str) -> bool:
+    """Whether the saga's history (this decision's rows included) holds a retry: for orderflow_sagas_retried_total."""
+    query = "SELECT EXISTS (SELECT 1 FROM saga_history WHERE order_id = $1 AND event = 'RetryScheduled')"
+    return bool(await conn.fetchval(query, order_id))
 
 
 async def _lock(conn: asyncpg.Connection, order_id: str) -> None:

@@ -50,6 +50,7 @@ class CtlSettings(BaseSettings):
     base_http_port: int = 8000
     stripe_port: int = 12111
     smtp_port: int = 8025
+    sms_port: int = 8026
     maildir: Path = Path("var/maildir")
     stripe_webhook_secret: str = "whsec_orderflow_local"
 

@@ -114,6 +114,25 @@ async def cmd_status(settings: CtlSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_orders(settings: CtlSettings, args: argparse.Namespace) -> int:
+    conn = await connect(settings.orders_database_url)
+    try:
+        rows = await conn.fetch(
+            """SELECT order_id, status, amount, currency, payment_intent_id, created_at
+               FROM order_record ORDER BY created_at DESC LIMIT $1""",
+            args.limit,
+        )
+    finally:
+        await conn.close()
+    print(f"{'ORDER':<36} {'STATUS':<10} {'AMOUNT':>10} {'CUR':<4} {'PAYMENT':<30} CREATED")
+    for r in rows:
+        print(
+            f"{r['order_id']:<36} {r['status']:<10} {r['amount']:>10} {r['currency']:<4} "
+            f"{r['payment_intent_id']:<30} {r['created_at']:%Y-%m-%d %H:%M:%S}"
+        )
+    return 0
+
+
 async def cmd_redrive(settings: CtlSettings, args: argparse.Namespace) -> int:
     conn = await connect(settings.orchestrator_database_url)
     try:
@@ -172,6 +191,10 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("order_id")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=cmd_status)
+
+    o = sub.add_parser("orders", help="list recent order records (newest first)")
+    o.add_argument("--limit", type=int, default=20)
+    o.set_defaults(run=cmd_orders)
 
     r = sub.add_parser("redrive", help="restart a FAILED_CRITICAL saga from the step that failed")
     r.add_argument("order_id")

@@ -77,8 +77,12 @@ class Supervisor:
                     proc.kill()
 
 
-def service_env(settings: CtlSettings, service: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a process gets: the same names its Kubernetes Deployment sets."""
+def service_env(
+    settings: CtlSettings, service: str, extra: dict[str, str] | None = None, *, dev_servers: bool = True
+) -> dict[str, str]:
+    """The environment a process gets: the same names its Kubernetes Deployment sets. With the dev servers,
+    payment and notify are pointed at the local Stripe server, SMTP sink and SMS server unless the
+    environment already says otherwise."""
     env = dict(os.environ)
     env.update(
         {
@@ -88,14 +92,27 @@ def service_env(settings: CtlSettings, service: str, extra: dict[str, str] | Non
             "PYTHONUNBUFFERED": "1",
         }
     )
-    if service == "payment":
+    if dev_servers and service == "payment":
         env.setdefault("STRIPE_API_BASE", f"http://127.0.0.1:{settings.stripe_port}")
         env.setdefault("STRIPE_WEBHOOK_SECRET", settings.stripe_webhook_secret)
-    if service == "notify":
+    if dev_servers and service == "notify":
         env.setdefault("SMTP_HOST", "127.0.0.1")
         env.setdefault("SMTP_PORT", str(settings.smtp_port))
+        env.setdefault("SMS_PROVIDER", "twilio")
+        env.setdefault("TWILIO_BASE_URL", f"http://127.0.0.1:{settings.sms_port}")
+        env.setdefault("TWILIO_ACCOUNT_SID", "ACorderflowlocal")
+        env.setdefault("TWILIO_AUTH_TOKEN", "orderflow-local-token")
     env.update(extra or {})
     return env
+
+
+def stripe_server_env(settings: CtlSettings) -> dict[str, str]:
+    """The local Stripe server signs its webhooks for the payment process's endpoint."""
+    return {
+        **os.environ,
+        "STRIPE_SIM_WEBHOOK_URL": f"http://127.0.0.1:{settings.http_port('payment')}/webhooks/stripe",
+        "STRIPE_SIM_WEBHOOK_SECRET": settings.stripe_webhook_secret,
+    }
 
 
 def children(
@@ -108,7 +125,7 @@ def children(
             Child(
                 "stripe-server",
                 [sys.executable, "-m", "devservers.stripe_server", "--port", str(settings.stripe_port)],
-                {**os.environ, "STRIPE_SIM_WEBHOOK_SECRET": settings.stripe_webhook_secret},
+                stripe_server_env(settings),
             )
         )
         result.append(
@@ -126,12 +143,19 @@ def children(
                 dict(os.environ),
             )
         )
+        result.append(
+            Child(
+                "sms-server",
+                [sys.executable, "-m", "devservers.sms_server", "--port", str(settings.sms_port)],
+                dict(os.environ),
+            )
+        )
     for spec in SERVICES:
         result.append(
             Child(
                 spec.name,
                 [sys.executable, "-m", spec.module],
-                service_env(settings, spec.name, extra_env.get(spec.name)),
+                service_env(settings, spec.name, extra_env.get(spec.name), dev_servers=dev_servers),
             )
         )
     return result

@@ -1,7 +1,8 @@
 """Request/reply on top of the consumer: a command handler returns its result or raises a named error.
 
 The handler runs inside a savepoint of the delivery's transaction. On success
-its result is the reply; on a named error (business or transient) its writes
+its result is the reply (a handler returns None when the reply is sent later,
+e.g. on a webhook, from its own records of the command); on a named error (business or transient) its writes
 are rolled back and the reply is ``CommandFailed {Error, Cause}``, committed
 with the inbox row, so the requester's Retry and Catch tables decide what next.
 """
@@ -21,10 +22,10 @@ from plumbing.replies import CommandFailed
 log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=BaseModel)
-CommandHandler = Callable[[MessageContext, Any], Awaitable[BaseModel]]
+CommandHandler = Callable[[MessageContext, Any], Awaitable[BaseModel | None]]
 
 
-def command_route(model: type[C], handler: Callable[[MessageContext, C], Awaitable[BaseModel]]) -> Route:
+def command_route(model: type[C], handler: Callable[[MessageContext, C], Awaitable[BaseModel | None]]) -> Route:
     async def handle(ctx: MessageContext, command: C) -> None:
         fault = ctx.faults.match(ctx.envelope) if ctx.faults else None
         if fault is not None:
@@ -45,7 +46,8 @@ def command_route(model: type[C], handler: Callable[[MessageContext, C], Awaitab
                 raise  # not ours to answer: the consumer holds or requeues the delivery
             await _fail(ctx, transient)
             return
-        await ctx.reply(result)
+        if result is not None:
+            await ctx.reply(result)
 
     return Route(model, handle)
 

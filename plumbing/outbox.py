@@ -88,16 +88,16 @@ class OutboxRelay:
                 _BATCH,
             )
             if not rows:
-                await self._observe_backlog(conn)
+                await self.observe_backlog(conn)
                 return 0
             for row in rows:
                 envelope = Envelope.model_validate(row["envelope"])
                 await self.broker.publish(row["exchange"], row["routing_key"], envelope.to_amqp(bytes(row["body"])))
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
-            await self._observe_backlog(conn)
+            await self.observe_backlog(conn)
         return len(rows)
 
-    async def _observe_backlog(self, conn: asyncpg.Connection) -> None:
+    async def observe_backlog(self, conn: asyncpg.Connection) -> None:
         count, age = await conn.fetchrow(
             "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox"
         )

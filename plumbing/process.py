@@ -16,7 +16,7 @@ from plumbing.broker import Broker
 from plumbing.consumer import Consumer, RejectHook, Route
 from plumbing.db import create_pool
 from plumbing.faults import FaultPlan
-from plumbing.http import make_app, serve
+from plumbing.http import SCRAPE_HOOKS, make_app, serve
 from plumbing.logs import setup_logging
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
 from plumbing.outbox import OutboxRelay
@@ -68,6 +68,13 @@ class Process:
         metrics.READY.labels(self.name).set(1 if ok else 0)
         return ok, checks
 
+    async def _refresh_gauges(self) -> None:
+        """Readiness and outbox backlog as of the scrape, also while the broker is away."""
+        await self.ready()
+        if self.relay is not None and self.pool is not None:
+            async with asyncio.timeout(2), self.pool.acquire() as conn:
+                await self.relay.observe_backlog(conn)
+
     async def start(self) -> None:
         """Connect everything and start consuming; returns once running."""
         self.pool = await _create_pool_with_retry(self.settings)
@@ -104,6 +111,7 @@ class Process:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         app = make_app(self.ready)
+        app[SCRAPE_HOOKS].append(self._refresh_gauges)
         if self.routes is not None:
             self.routes(app)
         runner = await serve(app, self.settings.http_host, self.settings.http_port)

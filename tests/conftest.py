@@ -58,7 +58,7 @@ STACK_FAULTS = {
 }
 #: ProcessPayment's timeout in the session's workflow; the real 60 s would make the timeout tests slow.
 #: The definition is data: only this number differs from orchestrator/workflow.json.
-PAYMENT_TIMEOUT_SECONDS = 3
+PAYMENT_TIMEOUT_SECONDS = 8
 
 
 def short_timeout_workflow(tmp: Path) -> Path:
@@ -70,7 +70,9 @@ def short_timeout_workflow(tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-async def stack(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def stack(
+    amqp_url: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     settings = settings_for(amqp_url, tmp=tmp)
     await create_databases(settings)
@@ -86,6 +88,10 @@ async def stack(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asyn
     finally:
         await supervisor.stop()
         await drop_databases(settings)
+        if request.session.testsfailed:
+            # The processes' own logs are the first thing to read when an end-to-end test fails.
+            for log in sorted((tmp / "log").glob("*.log")):
+                print(f"\n----- {log.name} (last 60 lines) -----\n" + "\n".join(log.read_text().splitlines()[-60:]))
 
 
 @pytest.fixture

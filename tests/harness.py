@@ -27,7 +27,7 @@ import asyncpg
 from orderctl.client import OutcomeListener
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.provision import migrate_all
-from orderctl.supervisor import Child, Supervisor, service_env
+from orderctl.supervisor import Child, Supervisor, service_env, stripe_server_env
 from plumbing.db import database_name, drop_database, with_database
 from services.inventory import repository as inventory_repo
 
@@ -95,13 +95,14 @@ def settings_for(amqp_url: str, *, tmp: Path) -> CtlSettings:
     urls = {
         f"{s.name}_database_url": f"postgresql://orderflow_{s.name}@127.0.0.1:5432/{prefix}_{s.name}" for s in SERVICES
     }
-    base = free_port_block(len(SERVICES) + 2)  # the processes, then the Stripe server and the SMTP sink
+    base = free_port_block(len(SERVICES) + 3)  # the processes, then the Stripe server, SMTP and SMS sinks
     return CtlSettings(
         admin_database_url=ADMIN_DSN,
         amqp_url=amqp_url,
         base_http_port=base,
         stripe_port=base + len(SERVICES),
         smtp_port=base + len(SERVICES) + 1,
+        sms_port=base + len(SERVICES) + 2,
         maildir=tmp / "maildir",
         **urls,
     )
@@ -141,6 +142,10 @@ class Stack:
     workflow_file: str = ""
 
     @property
+    def sms_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.sms_port}"
+
+    @property
     def stripe_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.stripe_port}"
 
@@ -158,7 +163,7 @@ def stack_children(settings: CtlSettings, extra_env: dict[str, dict[str, str]] |
         Child(
             "stripe-server",
             [sys.executable, "-m", "devservers.stripe_server", "--port", str(settings.stripe_port)],
-            dict(os.environ),
+            stripe_server_env(settings),
         ),
         Child(
             "smtp-sink",
@@ -174,10 +179,18 @@ def stack_children(settings: CtlSettings, extra_env: dict[str, dict[str, str]] |
             dict(os.environ),
         ),
     ]
+    children.append(
+        Child(
+            "sms-server",
+            [sys.executable, "-m", "devservers.sms_server", "--port", str(settings.sms_port)],
+            dict(os.environ),
+        )
+    )
     for spec in SERVICES:
         env = service_env(settings, spec.name, {"DELIVERY_LIMIT": "5", **extra_env.get(spec.name, {})})
         env["STRIPE_API_BASE"] = f"http://127.0.0.1:{settings.stripe_port}"
         env["SMTP_PORT"] = str(settings.smtp_port)
+        env["TWILIO_BASE_URL"] = f"http://127.0.0.1:{settings.sms_port}"
         children.append(Child(spec.name, [sys.executable, "-m", spec.module], env))
     return children
 

@@ -11,6 +11,7 @@ from contracts.inventory import (
     ReleaseInventory,
     ReserveInventory,
 )
+from contracts.orders import OrderOutcome
 from plumbing.consumer import MessageContext
 from services.inventory import repository as repo
 from services.inventory.errors import InsufficientStockError, InventoryError
@@ -87,3 +88,9 @@ async def release_inventory(ctx: MessageContext, command: ReleaseInventory) -> I
     )
     await repo.remember_result(ctx.conn, command.idempotencyId, "release", result.model_dump(mode="json"))
     return result
+
+
+async def commit_confirmed(ctx: MessageContext, event: OrderOutcome) -> None:
+    """order.confirmed: the reservation is sold, no longer a hold the sweeper may release."""
+    if event.status == "CONFIRMED":
+        await repo.commit_reservations(ctx.conn, event.orderId)

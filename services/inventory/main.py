@@ -3,11 +3,17 @@
 import asyncio
 from pathlib import Path
 
+import asyncpg
+from pydantic import Field
+
 from contracts.inventory import CheckInventory, ReleaseInventory, ReserveInventory
+from contracts.orders import OrderOutcome
 from plumbing.commands import command_route
-from plumbing.process import Process, command_process, service_migrations
+from plumbing.consumer import Route
+from plumbing.process import Process, QueueSpec, command_process, service_migrations
 from plumbing.settings import ProcessSettings
-from services.inventory import handlers
+from plumbing.topology import EVENTS_EXCHANGE, q_name
+from services.inventory import handlers, maintenance
 
 SERVICE = "inventory"
 MIGRATIONS = service_migrations(SERVICE, Path(__file__).parent / "migrations")
@@ -16,10 +22,15 @@ MIGRATIONS = service_migrations(SERVICE, Path(__file__).parent / "migrations")
 class InventorySettings(ProcessSettings):
     database_url: str = "postgresql://orderflow_inventory@127.0.0.1:5432/orderflow_inventory"
     http_port: int = 8001
+    reservation_max_age_seconds: float = Field(
+        3600, gt=0, description="The sweeper releases reservations active for longer: above the longest saga."
+    )
+    maintenance_interval_seconds: float = Field(300, gt=0, description="How often the sweeper and purge run.")
+    idempotency_retention_days: int = Field(7, ge=1, description="The guide's 7-day idempotency cache.")
 
 
 def build(settings: InventorySettings) -> Process:
-    return command_process(
+    process = command_process(
         SERVICE,
         settings,
         {
@@ -28,6 +39,29 @@ def build(settings: InventorySettings) -> Process:
             "ReleaseInventory": command_route(ReleaseInventory, handlers.release_inventory),
         },
     )
+    process.queues.append(
+        QueueSpec(
+            queue=q_name(SERVICE, "order-events"),
+            bindings=[(EVENTS_EXCHANGE, "order.confirmed")],
+            routes={"OrderOutcome": Route(OrderOutcome, handlers.commit_confirmed)},
+            default_type="OrderOutcome",
+        )
+    )
+
+    def pool() -> asyncpg.Pool:
+        assert process.pool is not None
+        return process.pool
+
+    async def maintain() -> None:
+        await maintenance.run(
+            pool,
+            interval_seconds=settings.maintenance_interval_seconds,
+            max_age_seconds=settings.reservation_max_age_seconds,
+            retention_days=settings.idempotency_retention_days,
+        )
+
+    process.background.append(maintain)
+    return process
 
 
 def main() -> None:

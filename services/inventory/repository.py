@@ -119,3 +119,30 @@ async def remember_result(conn: asyncpg.Connection, idempotency_id: str, operati
         operation,
         json.loads(json.dumps(result, default=str)),
     )
+
+
+async def commit_reservations(conn: asyncpg.Connection, order_id: str) -> int:
+    """A confirmed order's stock is sold: its active reservation becomes committed."""
+    result = await conn.execute(
+        "UPDATE reservation SET status = 'committed', updated_at = now() WHERE order_id = $1 AND status = 'active'",
+        order_id,
+    )
+    return int(result.split()[-1])
+
+
+async def stale_reservations(conn: asyncpg.Connection, max_age_seconds: float, limit: int) -> list[str]:
+    rows = await conn.fetch(
+        """SELECT reservation_id FROM reservation
+           WHERE status = 'active' AND created_at < now() - make_interval(secs => $1)
+           ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        max_age_seconds,
+        limit,
+    )
+    return [r["reservation_id"] for r in rows]
+
+
+async def purge_idempotency_records(conn: asyncpg.Connection, older_than_days: int) -> int:
+    result = await conn.execute(
+        "DELETE FROM idempotency_record WHERE created_at < now() - make_interval(days => $1)", older_than_days
+    )
+    return int(result.split()[-1])

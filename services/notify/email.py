@@ -20,12 +20,12 @@ def render(command: NotifyCustomer, sender: str) -> EmailMessage:
     message["To"] = command.customer.email
     message["Subject"] = f"Order {command.orderId} confirmed"
     lines = "\n".join(
-        f"  {line.quantity} x {line.name} ({line.productId}) {line.lineTotal} {command.currency.upper()}"
+        f"  {line.quantity} x {line.name} ({line.productId}) {line.lineTotal:.2f} {command.currency.upper()}"
         for line in command.lines
     )
     message.set_content(
         f"Thank you for your order {command.orderId}.\n\n{lines}\n\n"
-        f"Total charged: {command.amount} {command.currency.upper()}\n"
+        f"Total charged: {command.amount:.2f} {command.currency.upper()}\n"
     )
     return message
 

@@ -5,16 +5,24 @@ whose earlier send has an unknown outcome, is not sent again; only a channel
 that failed is tried again.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from contracts.notify import ChannelResult, CustomerNotified, NotifyCustomer
 from plumbing.consumer import MessageContext
 from plumbing.errors import NamedError
 from services.notify import email
 from services.notify.sms import SmsProvider
+
+NOTIFICATIONS = Counter(
+    "orderflow_notifications_total",
+    "Notification sends by channel and status (sent, failed, skipped).",
+    ["channel", "status"],
+)
 
 _CLAIM = """
 INSERT INTO notification (order_id, channel, status) VALUES ($1, $2, 'sending')
@@ -33,18 +41,20 @@ class NotifyHandlers:
     sender: str
 
     async def notify_customer(self, ctx: MessageContext, command: NotifyCustomer) -> CustomerNotified:
-        results = [await self._channel(command, "email", self._send_email)]
+        """Send every channel; if one failed, answer with its error (a throttle is retried by the definition)."""
+        outcomes = [await self._channel(command, "email", self._send_email)]
         if command.customer.phone:
-            results.append(await self._channel(command, "sms", self._send_sms))
-        failed = [r for r in results if r.status == "failed"]
-        if failed:
-            first = failed[0]
-            raise NamedError(
-                first.detail, name=first.detail.split(":", 1)[0] if ":" in first.detail else "NotificationError"
-            )
-        return CustomerNotified(results=results)
+            outcomes.append(await self._channel(command, "sms", self._send_sms))
+        for result, _ in outcomes:
+            NOTIFICATIONS.labels(result.channel, result.status).inc()
+        errors = [error for _, error in outcomes if error is not None]
+        if errors:
+            raise errors[0]
+        return CustomerNotified(results=[result for result, _ in outcomes])
 
-    async def _channel(self, command: NotifyCustomer, channel: str, send) -> ChannelResult:  # noqa: ANN001
+    async def _channel(
+        self, command: NotifyCustomer, channel: str, send: Callable[[NotifyCustomer], Awaitable[None]]
+    ) -> tuple[ChannelResult, NamedError | None]:
         # Claims commit at once (autocommit), outside the delivery's transaction.
         async with self.pool.acquire() as conn:
             claimed = await conn.fetchval(_CLAIM, command.orderId, channel)
@@ -52,15 +62,15 @@ class NotifyHandlers:
                 status = await conn.fetchval(
                     "SELECT status FROM notification WHERE order_id = $1 AND channel = $2", command.orderId, channel
                 )
-                return ChannelResult(channel=channel, status="skipped", detail=f"already {status}")
+                return ChannelResult(channel=channel, status="skipped", detail=f"already {status}"), None
             try:
                 await send(command)
             except NamedError as error:
                 detail = f"{error.error_name}: {error.cause}"[:500]
                 await self._record(conn, command.orderId, channel, "failed", detail)
-                return ChannelResult(channel=channel, status="failed", detail=detail)
+                return ChannelResult(channel=channel, status="failed", detail=detail), error
             await self._record(conn, command.orderId, channel, "sent", "")
-            return ChannelResult(channel=channel, status="sent")
+            return ChannelResult(channel=channel, status="sent"), None
 
     async def _record(self, conn: asyncpg.Connection, order_id: str, channel: str, status: str, detail: str) -> None:
         await conn.execute(
@@ -78,5 +88,5 @@ class NotifyHandlers:
         assert command.customer.phone
         await self.sms.send(
             command.customer.phone,
-            f"Order {command.orderId} confirmed: {command.amount} {command.currency.upper()}",
+            f"Order {command.orderId} confirmed: {command.amount:.2f} {command.currency.upper()}",
         )

@@ -2,6 +2,7 @@
 
 import asyncio
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -10,7 +11,7 @@ from plumbing.commands import command_route
 from plumbing.process import Process, command_process, service_migrations
 from plumbing.settings import ProcessSettings
 from services.notify.handlers import NotifyHandlers
-from services.notify.sms import LoggingSmsProvider
+from services.notify.sms import LoggingSmsProvider, SmsProvider, TwilioSmsProvider
 
 SERVICE = "notify"
 MIGRATIONS = service_migrations(SERVICE, Path(__file__).parent / "migrations")
@@ -27,6 +28,24 @@ class NotifySettings(ProcessSettings):
     smtp_tls: bool = False
     smtp_timeout_seconds: float = 10.0
     mail_from: str = Field("orders@orderflow.local", description="Sender of confirmation emails.")
+    sms_provider: Literal["log", "twilio"] = Field("log", description="log: write SMS to the log (development).")
+    twilio_base_url: str = "https://api.twilio.com"
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr = SecretStr("")
+    sms_from: str = Field("+15005550006", description="Sender number of confirmation SMS.")
+    sms_timeout_seconds: float = 10.0
+
+
+def sms_provider(settings: NotifySettings) -> SmsProvider:
+    if settings.sms_provider == "twilio":
+        return TwilioSmsProvider(
+            base_url=settings.twilio_base_url,
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token.get_secret_value(),
+            sender=settings.sms_from,
+            timeout=settings.sms_timeout_seconds,
+        )
+    return LoggingSmsProvider()
 
 
 def build(settings: NotifySettings) -> Process:
@@ -43,7 +62,7 @@ def build(settings: NotifySettings) -> Process:
 
     async def wire(proc: Process) -> None:
         assert proc.pool is not None
-        handlers = NotifyHandlers(pool=proc.pool, sms=LoggingSmsProvider(), smtp=smtp, sender=settings.mail_from)
+        handlers = NotifyHandlers(pool=proc.pool, sms=sms_provider(settings), smtp=smtp, sender=settings.mail_from)
         proc.queues[0].routes["NotifyCustomer"] = command_route(NotifyCustomer, handlers.notify_customer)
 
     process.on_start = wire

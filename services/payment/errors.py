@@ -33,17 +33,21 @@ class RefundFailed(BusinessError):
     error_name = "RefundFailed"
 
 
+def card_error(code: str | None, decline_code: str | None, message: str) -> BusinessError:
+    """card_declined is PaymentDeclined, insufficient_funds InsufficientFunds, any other card error CardError."""
+    if decline_code == "insufficient_funds" or code == "insufficient_funds":
+        return InsufficientFunds(message)
+    if code == "card_declined":
+        return PaymentDeclined(message)
+    return CardError(f"{code}: {message}")
+
+
 def from_stripe(exc: stripe.StripeError) -> NamedError:
     """Name a Stripe error as the guide does; transient faults keep names the Retry tables know."""
     message = exc.user_message or str(exc)
     if isinstance(exc, stripe.CardError):
-        code = exc.code or ""
         decline = getattr(exc.error, "decline_code", None) if exc.error else None
-        if decline == "insufficient_funds" or code == "insufficient_funds":
-            return InsufficientFunds(message)
-        if code == "card_declined":
-            return PaymentDeclined(message)
-        return CardError(f"{code}: {message}")
+        return card_error(exc.code, decline, message)
     if isinstance(exc, stripe.RateLimitError):
         return TransientError(message, name=SERVICE_THROTTLED)
     if isinstance(exc, stripe.APIConnectionError):

@@ -3,6 +3,8 @@
 import asyncio
 from pathlib import Path
 
+import asyncpg
+from aiohttp import web
 from pydantic import Field, SecretStr
 
 from contracts.payment import ProcessPayment, RefundPayment
@@ -11,6 +13,7 @@ from plumbing.process import Process, command_process, service_migrations
 from plumbing.settings import ProcessSettings
 from services.payment.handlers import PaymentHandlers
 from services.payment.stripe_gateway import StripeGateway
+from services.payment.webhooks import webhook_route
 
 SERVICE = "payment"
 MIGRATIONS = service_migrations(SERVICE, Path(__file__).parent / "migrations")
@@ -25,6 +28,9 @@ class PaymentSettings(ProcessSettings):
     stripe_api_base: str | None = Field(
         "http://127.0.0.1:12111", description="Stripe-compatible server; empty for api.stripe.com."
     )
+    stripe_webhook_secret: SecretStr = Field(
+        SecretStr("whsec_orderflow_local"), description="Signing secret of the webhook endpoint; a Secret."
+    )
 
 
 def build(settings: PaymentSettings) -> Process:
@@ -32,7 +38,7 @@ def build(settings: PaymentSettings) -> Process:
         api_key=settings.stripe_api_key.get_secret_value(), api_base=settings.stripe_api_base or None
     )
     handlers = PaymentHandlers(gateway)
-    return command_process(
+    process = command_process(
         SERVICE,
         settings,
         {
@@ -40,6 +46,20 @@ def build(settings: PaymentSettings) -> Process:
             "RefundPayment": command_route(RefundPayment, handlers.refund_payment),
         },
     )
+
+    def routes(app: web.Application) -> None:
+        def pool() -> asyncpg.Pool:
+            assert process.pool is not None, "webhook before start"
+            return process.pool
+
+        def nudge() -> None:
+            if process.relay is not None:
+                process.relay.nudge()
+
+        webhook_route(app, pool=pool, secret=settings.stripe_webhook_secret.get_secret_value(), on_committed=nudge)
+
+    process.routes = routes
+    return process
 
 
 def main() -> None:

@@ -10,13 +10,17 @@ from services.payment.money import to_minor
 
 class StripeGateway:
     def __init__(self, *, api_key: str, api_base: str | None, max_network_retries: int = 0) -> None:
+        self.http = stripe.AIOHTTPClient()
         self.client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else None,
-            http_client=stripe.AIOHTTPClient(),
+            http_client=self.http,
             # Retries belong to the workflow definition, so they are counted and visible.
             max_network_retries=max_network_retries,
         )
+
+    async def close(self) -> None:
+        await self.http.close_async()
 
     async def charge(
         self, *, order_id: str, amount: Decimal, currency: str, payment_method: str, idempotency_key: str
@@ -37,6 +41,11 @@ class StripeGateway:
 
     async def retrieve(self, payment_intent_id: str) -> Any:
         return await self.client.v1.payment_intents.retrieve_async(payment_intent_id)
+
+    async def cancel(self, payment_intent_id: str, *, idempotency_key: str) -> Any:
+        return await self.client.v1.payment_intents.cancel_async(
+            payment_intent_id, {"cancellation_reason": "abandoned"}, {"idempotency_key": idempotency_key}
+        )
 
     async def refund(
         self, *, payment_intent_id: str, amount_minor: int | None, reason: str, order_id: str, idempotency_key: str

@@ -28,14 +28,19 @@ async def test_happy_path_confirms_with_effects_in_every_service(stack: Stack, c
     assert Decimal(str(outcome["amount"])) == Decimal("49.48")  # 2 x 19.99 + 9.50, priced from the catalog
     assert outcome["error"] is None and outcome["notificationError"] is None
 
-    # Inventory: stock taken once, in one reservation.
+    # Inventory: stock taken once, in one reservation, committed once order.confirmed is heard.
     assert await stock_of(stack, sku_a) == 8 and await stock_of(stack, sku_b) == 4
-    conn = await db(stack.settings, "inventory")
-    try:
-        reservations = await conn.fetch("SELECT status FROM reservation WHERE order_id = $1", order_id)
-    finally:
-        await conn.close()
-    assert [r["status"] for r in reservations] == ["active"]
+
+    async def reservation_statuses():
+        conn = await db(stack.settings, "inventory")
+        try:
+            rows = await conn.fetch("SELECT status FROM reservation WHERE order_id = $1", order_id)
+        finally:
+            await conn.close()
+        statuses = [r["status"] for r in rows]
+        return statuses if statuses == ["committed"] else None
+
+    await eventually(reservation_statuses, timeout=15, what="the reservation committed")
 
     # Payment: one PaymentIntent, stored with the order id, charged once at the Stripe-compatible server.
     conn = await db(stack.settings, "payment")

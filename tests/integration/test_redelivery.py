@@ -148,3 +148,79 @@ async def test_redelivered_order_record_and_notification_have_one_effect(stack: 
     finally:
         await conn.close()
     assert len([m for m in messages(stack.settings.maildir) if order_id in m["Subject"]]) == 1
+
+
+async def charge(requester: Requester, order_id: str, amount: float) -> str:
+    command = {
+        "orderId": order_id,
+        "amount": amount,
+        "currency": "usd",
+        "paymentMethodId": "pm_card_visa",
+        "idempotencyKey": f"{order_id}-payment",
+    }
+    await requester.send("payment.ProcessPayment", command, message_id="pay-" + order_id, order_id=order_id)
+    return (await requester.reply("pay-" + order_id))["paymentIntentId"]
+
+
+def refund_command(order_id: str, intent: str | None, key: str, amount: float | None = None) -> dict:
+    return {"orderId": order_id, "paymentIntentId": intent, "amount": amount, "reason": "test", "idempotencyKey": key}
+
+
+async def test_refund_is_idempotent_and_an_already_refunded_payment_is_success(
+    stack: Stack, requester: Requester
+) -> None:
+    order_id = f"ORDER#{uuid.uuid4().hex[:8]}"
+    intent = await charge(requester, order_id, 9.99)
+    command = refund_command(order_id, intent, f"{order_id}-refund")
+    for message_id in ("f1-", "f2-"):
+        await requester.send("payment.RefundPayment", command, message_id=message_id + order_id, order_id=order_id)
+    first, second = await requester.reply("f1-" + order_id), await requester.reply("f2-" + order_id)
+    assert first["type"] == second["type"] == "PaymentRefunded"
+    assert first["refundId"] == second["refundId"] and first["amount"] == 9.99
+
+    # Refunded again under another key (a manual refund): Stripe's charge_already_refunded is success.
+    manual = refund_command(order_id, intent, f"{order_id}-manual-refund")
+    await requester.send("payment.RefundPayment", manual, message_id="f3-" + order_id, order_id=order_id)
+    third = await requester.reply("f3-" + order_id)
+    assert third["type"] == "PaymentRefunded" and third["alreadyRefunded"] is True
+
+    _, state = http_json(f"{stack.stripe_url}/_test/state")
+    assert len([r for r in state["refunds"] if r.get("payment_intent") == intent]) == 1
+
+
+async def test_partial_refund_and_refund_of_nothing(stack: Stack, requester: Requester) -> None:
+    order_id = f"ORDER#{uuid.uuid4().hex[:8]}"
+    intent = await charge(requester, order_id, 12.34)
+    partial = refund_command(order_id, intent, f"{order_id}-refund", amount=2.00)
+    await requester.send("payment.RefundPayment", partial, message_id="p-" + order_id, order_id=order_id)
+    reply = await requester.reply("p-" + order_id)
+    assert reply["refunded"] is True and reply["amount"] == 2.0
+    _, state = http_json(f"{stack.stripe_url}/_test/state")
+    charge_row = next(c for c in state["charges"] if c.get("payment_intent") == intent)
+    assert charge_row["amount_refunded"] == 200
+
+    never = f"ORDER#{uuid.uuid4().hex[:8]}"
+    await requester.send(
+        "payment.RefundPayment", refund_command(never, None, f"{never}-refund"), message_id="n-" + never, order_id=never
+    )
+    assert (await requester.reply("n-" + never))["refunded"] is False
+
+
+async def test_redelivered_release_has_one_effect(stack: Stack, requester: Requester) -> None:
+    sku, order_id = f"sku-{uuid.uuid4().hex[:8]}", f"ORDER#{uuid.uuid4().hex[:8]}"
+    conn = await db(stack.settings, "inventory")
+    try:
+        await inventory_repo.upsert_product(conn, sku, name="x", stock=10, price=Decimal("1.00"), currency="usd")
+        reserve = {"orderId": order_id, "items": [{"productId": sku, "quantity": 3}], "idempotencyId": order_id}
+        await requester.send("inventory.ReserveInventory", reserve, message_id="v-" + order_id, order_id=order_id)
+        await requester.reply("v-" + order_id)
+        release = {"orderId": order_id, "action": "release", "idempotencyId": f"{order_id}-release"}
+        for message_id in ("l1-", "l1-", "l2-"):
+            await requester.send(
+                "inventory.ReleaseInventory", release, message_id=message_id + order_id, order_id=order_id
+            )
+        first, second = await requester.reply("l1-" + order_id), await requester.reply("l2-" + order_id)
+        assert first == second and first["released"] is True
+        assert await conn.fetchval("SELECT stock FROM product WHERE product_id = $1", sku) == 10
+    finally:
+        await conn.close()

@@ -1,0 +1,145 @@
+"""3-D Secure: a PaymentIntent that needs the customer does not fail the order; the saga waits for
+Stripe's signed webhook. The endpoint rejects what is unsigned, wrongly signed or stale, and a replayed
+event has no second effect."""
+
+import hashlib
+import hmac
+import json
+import time
+import urllib.request
+
+import pytest
+from harness import (
+    Stack,
+    db,
+    eventually,
+    http_json,
+    new_id,
+    order_body,
+    order_url,
+    outcome_of,
+    publish_raw,
+    seed,
+    stock_of,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def post_webhook(stack: Stack, payload: bytes, signature: str | None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["Stripe-Signature"] = signature
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.port('payment')}/webhooks/stripe", data=payload, headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def fetch_event(stack: Stack, event_id: str) -> bytes:
+    """The event as Stripe's API returns it (GET /v1/events/{id})."""
+    request = urllib.request.Request(
+        f"{stack.stripe_url}/v1/events/{event_id}", headers={"Authorization": "Bearer sk_test_orderflow_local"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.read()
+
+
+async def waiting_intent(stack: Stack, order_id: str) -> str:
+    async def pending():
+        conn = await db(stack.settings, "payment")
+        try:
+            return await conn.fetchval("SELECT payment_intent_id FROM pending_reply WHERE order_id = $1", order_id)
+        finally:
+            await conn.close()
+
+    return await eventually(pending, timeout=30, what="ProcessPayment waiting for the customer")
+
+
+async def test_3ds_payment_completed_by_signed_webhook(stack: Stack, channel, listener) -> None:
+    sku = new_id("sku-")
+    await seed(stack, {sku: (5, "8.00")})
+    order_id = new_id()
+    body = order_body(order_id, [(sku, 1)], "pm_card_authenticationRequired")
+    await publish_raw(channel, json.dumps(body).encode())
+    intent_id = await waiting_intent(stack, order_id)
+    _, view = http_json(order_url(stack, order_id))
+    assert view["status"] == "RUNNING" and view["currentStep"] == "ProcessPayment"
+
+    status, _ = http_json(
+        f"{stack.stripe_url}/_test/payment_intents/{intent_id}/authenticate", method="POST", body={"outcome": "succeed"}
+    )
+    assert status == 200
+    outcome = await outcome_of(listener, order_id)
+    assert outcome["status"] == "CONFIRMED"
+    _, state = http_json(f"{stack.stripe_url}/_test/state")
+    assert [c["amount"] for c in state["charges"] if c.get("payment_intent") == intent_id] == [800]
+
+    # Replaying the delivered event, freshly and correctly signed, changes nothing.
+    event_id = next(
+        e["id"] for e in state["events"] if e["type"] == "payment_intent.succeeded" and e["object_id"] == intent_id
+    )
+    event = fetch_event(stack, event_id)
+    status, answer = post_webhook(stack, event, sign(event, stack.settings.stripe_webhook_secret))
+    assert status == 200 and answer["applied"] is False
+
+
+async def test_failed_authentication_fails_the_order_and_releases_stock(stack: Stack, channel, listener) -> None:
+    sku = new_id("sku-")
+    await seed(stack, {sku: (5, "8.00")})
+    order_id = new_id()
+    await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 2)], "pm_card_authenticationRequired")).encode())
+    intent_id = await waiting_intent(stack, order_id)
+    http_json(
+        f"{stack.stripe_url}/_test/payment_intents/{intent_id}/authenticate", method="POST", body={"outcome": "fail"}
+    )
+    outcome = await outcome_of(listener, order_id)
+    assert outcome["status"] == "FAILED" and outcome["error"]["Error"] == "CardError"
+    assert await stock_of(stack, sku) == 5
+
+
+async def test_unsigned_wrongly_signed_and_stale_webhooks_are_rejected(stack: Stack, channel, listener) -> None:
+    sku = new_id("sku-")
+    await seed(stack, {sku: (5, "8.00")})
+    order_id = new_id()
+    await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)], "pm_card_authenticationRequired")).encode())
+    intent_id = await waiting_intent(stack, order_id)
+    forged = json.dumps(
+        {
+            "id": "evt_forged_" + new_id(""),
+            "object": "event",
+            "type": "payment_intent.succeeded",
+            "created": int(time.time()),
+            "data": {
+                "object": {
+                    "id": intent_id,
+                    "object": "payment_intent",
+                    "status": "succeeded",
+                    "amount": 800,
+                    "currency": "usd",
+                }
+            },
+        }
+    ).encode()
+    secret = stack.settings.stripe_webhook_secret
+    assert post_webhook(stack, forged, None)[0] == 400
+    assert post_webhook(stack, forged, sign(forged, "whsec_wrong"))[0] == 400
+    assert post_webhook(stack, forged, sign(forged, secret, int(time.time()) - 3600))[0] == 400
+    _, view = http_json(order_url(stack, order_id))
+    assert view["status"] == "RUNNING"  # nothing above reached the saga
+
+    # The real completion still works afterwards.
+    http_json(
+        f"{stack.stripe_url}/_test/payment_intents/{intent_id}/authenticate", method="POST", body={"outcome": "succeed"}
+    )
+    assert (await outcome_of(listener, order_id))["status"] == "CONFIRMED"
