@@ -158,6 +158,53 @@ async def cmd_demo(settings: CtlSettings, args: argparse.Namespace) -> int:
     return await run_demo(settings, timeout=args.timeout)
 
 
+async def cmd_check(settings: CtlSettings, args: argparse.Namespace) -> int:
+    from orderctl import checker
+
+    try:
+        report = await checker.check(settings, allow_running=args.allow_running, stripe_url=args.stripe_url)
+    except (checker.CheckError, OSError) as exc:
+        print(f"cannot check: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_json(), indent=2) if args.json else checker.render(report))
+    return 0 if report.ok else 1
+
+
+async def cmd_dlq(settings: CtlSettings, args: argparse.Namespace) -> int:
+    from orderctl import dlq
+
+    ids = set(args.message_id) if getattr(args, "message_id", None) else None
+    try:
+        if args.action == "list":
+            print(dlq.render_counts(await dlq.counts(settings.amqp_url)))
+        elif args.action == "show":
+            total, letters = await dlq.show(settings.amqp_url, args.queue, limit=args.limit)
+            print(f"{dlq.resolve(args.queue)}: {total} dead letter(s), showing {len(letters)}")
+            if letters:
+                print(dlq.render_letters(letters))
+        elif args.action == "replay":
+            replayed = await dlq.replay(settings.amqp_url, args.queue, None if args.all else ids)
+            for letter in replayed:
+                assert letter.origin is not None
+                print(f"replayed {letter.message_id or '-'} to {letter.origin[0] or '(default)'} {letter.origin[1]}")
+            if not replayed:
+                print("no matching dead letter", file=sys.stderr)
+                return 1
+        elif args.action == "purge":
+            what = f"message(s) {', '.join(sorted(ids))}" if ids else "every message"
+            if not args.yes:
+                print(f"this deletes {what} of {dlq.resolve(args.queue)}; add --yes", file=sys.stderr)
+                return 2
+            purged = await dlq.purge(settings.amqp_url, args.queue, ids)
+            print(f"purged {purged} dead letter(s) from {dlq.resolve(args.queue)}")
+            if ids and not purged:
+                return 1
+    except dlq.DlqError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orderctl", description="Run and inspect Orderflow.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,6 +251,29 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="migrate, start everything, run sample orders and print their outcomes")
     d.add_argument("--timeout", type=float, default=120.0)
     d.set_defaults(run=cmd_demo)
+
+    c = sub.add_parser("check", help="check the invariants over every database; exit 1 on a violation")
+    c.add_argument("--allow-running", action="store_true", help="sagas still running are not violations")
+    c.add_argument("--stripe-url", help="also read the local Stripe server's state, e.g. http://127.0.0.1:12111")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(run=cmd_check)
+
+    q = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
+    q_sub = q.add_subparsers(dest="action", required=True)
+    q_sub.add_parser("list", help="every dead-letter queue with its message count")
+    q_show = q_sub.add_parser("show", help="peek at a dead-letter queue's messages; none is removed")
+    q_show.add_argument("queue", help="a consumer queue or its .dlq, e.g. orchestrator.order-requests")
+    q_show.add_argument("--limit", type=int, default=20)
+    q_replay = q_sub.add_parser("replay", help="republish dead letters where they were first published")
+    q_replay.add_argument("queue")
+    q_which = q_replay.add_mutually_exclusive_group(required=True)
+    q_which.add_argument("--message-id", action="append", help="a dead letter's message id (repeatable)")
+    q_which.add_argument("--all", action="store_true")
+    q_purge = q_sub.add_parser("purge", help="delete dead letters: one by message id, or all")
+    q_purge.add_argument("queue")
+    q_purge.add_argument("--message-id", action="append", help="a dead letter's message id (repeatable)")
+    q_purge.add_argument("--yes", action="store_true", help="really delete")
+    q.set_defaults(run=cmd_dlq)
     return p
 
 

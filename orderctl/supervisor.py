@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 
 from orderctl.config import SERVICES, CtlSettings
@@ -46,13 +47,17 @@ class Supervisor:
             out.close()
 
     async def _watch(self, child: Child) -> None:
+        failures = 0
         while not self._stopping:
             assert child.process is not None
+            started = time.monotonic()
             code = await child.process.wait()
             if self._stopping:
                 return
             child.restarts += 1
-            delay = min(0.5 * 2 ** min(child.restarts, 5), 10.0)
+            # Back off on a crash loop; a process that ran a while restarts at once.
+            failures = failures + 1 if time.monotonic() - started < 10 else 0
+            delay = min(0.25 * 2**failures, 10.0)
             print(f"{child.name} exited with {code}; restarting in {delay:.1f}s", file=sys.stderr)
             await asyncio.sleep(delay)
             await self._spawn(child)

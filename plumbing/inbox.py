@@ -9,13 +9,14 @@ async def claim(conn: asyncpg.Connection, consumer: str, message_id: str) -> boo
     The row commits or rolls back with the handler's effects, so a crash before
     commit leaves the message unclaimed and its redelivery is handled afresh.
     """
-    inserted = await conn.fetchval(
+    # A duplicate is counted (and the row locked until this transaction ends), not applied.
+    return await conn.fetchval(
         """INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)
-           ON CONFLICT DO NOTHING RETURNING 1""",
+           ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = inbox.duplicates + 1
+           RETURNING xmax = 0""",
         consumer,
         message_id,
     )
-    return inserted is not None
 
 
 async def purge(conn: asyncpg.Connection, *, older_than_days: int) -> int:

@@ -50,10 +50,11 @@ async def enqueue(
 class OutboxRelay:
     """Publishes the outbox of one database."""
 
-    def __init__(self, pool: asyncpg.Pool, broker: Broker, *, service: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, broker: Broker, *, service: str, duplicate: bool = False) -> None:
         self.pool = pool
         self.broker = broker
         self.service = service
+        self.copies = 2 if duplicate else 1
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
 
@@ -92,7 +93,8 @@ class OutboxRelay:
                 return 0
             for row in rows:
                 envelope = Envelope.model_validate(row["envelope"])
-                await self.broker.publish(row["exchange"], row["routing_key"], envelope.to_amqp(bytes(row["body"])))
+                for _ in range(self.copies):
+                    await self.broker.publish(row["exchange"], row["routing_key"], envelope.to_amqp(bytes(row["body"])))
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
             await self.observe_backlog(conn)
         return len(rows)

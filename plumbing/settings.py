@@ -25,11 +25,20 @@ class ProcessSettings(BaseSettings):
     prefetch: int = Field(16, ge=1, description="Unacknowledged deliveries per consumer.")
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="Larger bodies are dead-lettered unread.")
     delivery_limit: int = Field(
-        5, ge=1, description="Redeliveries before the broker dead-letters a message that keeps failing."
+        10,
+        ge=1,
+        description="Deliveries before the broker dead-letters a message that keeps failing. A consumer that dies "
+        "with the message in hand counts too, so this stays well above what restarts cause.",
     )
-    db_pool_size: int = Field(8, ge=2)
+    db_pool_size: int = Field(
+        6, ge=2, description="Connections per process; PostgreSQL's max_connections bounds the sum over replicas."
+    )
     log_level: str = "INFO"
     drain_seconds: float = Field(20.0, description="Bound on graceful shutdown after SIGTERM.")
+    duplicate_publish: bool = Field(
+        False,
+        description="Fault injection: publish every outbox message twice, to prove the inbox. Never in production.",
+    )
     faults: list[FaultRule] = Field(
         default_factory=list, description="Fault injection rules (JSON); empty in production."
     )

@@ -3,22 +3,22 @@
 import json
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aio_pika
 import pytest
 from harness import (
     RABBITMQ_HOST_PORT,
+    STACK_FAULTS,
     Stack,
     create_databases,
     drop_databases,
     fresh_vhost,
     settings_for,
+    short_timeout_workflow,
     stack_children,
     wait_ready,
 )
 
-from orchestrator.definition import DEFINITION_FILE
 from orderctl.client import OutcomeListener
 from orderctl.supervisor import Supervisor
 
@@ -42,31 +42,6 @@ def servers() -> None:
 def amqp_url(servers: None) -> str:
     with fresh_vhost() as url:
         yield url
-
-
-#: Faults the session's stack injects, selected by the order id's suffix (see plumbing/faults.py).
-STACK_FAULTS = {
-    "orders": [
-        {"messageType": "CreateOrderRecord", "error": "OrderRecordError", "correlationIdPattern": "-(record|critical)$"}
-    ],
-    "notify": [{"messageType": "NotifyCustomer", "error": "NotificationError", "correlationIdPattern": "-notify$"}],
-    "payment": [
-        {"messageType": "ProcessPayment", "error": "NoReply", "times": 1, "correlationIdPattern": "-slow$"},
-        # Four runs fail (1 + 3 retries): the saga ends FAILED_CRITICAL, and a redrive's fifth run succeeds.
-        {"messageType": "RefundPayment", "error": "RefundFailed", "times": 4, "correlationIdPattern": "-critical$"},
-    ],
-}
-#: ProcessPayment's timeout in the session's workflow; the real 60 s would make the timeout tests slow.
-#: The definition is data: only this number differs from orchestrator/workflow.json.
-PAYMENT_TIMEOUT_SECONDS = 8
-
-
-def short_timeout_workflow(tmp: Path) -> Path:
-    document = json.loads(DEFINITION_FILE.read_text())
-    document["States"]["ProcessPayment"]["TimeoutSeconds"] = PAYMENT_TIMEOUT_SECONDS
-    path = tmp / "workflow.json"
-    path.write_text(json.dumps(document))
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import aio_pika
 import asyncpg
 
+from orchestrator.definition import DEFINITION_FILE
 from orderctl.client import OutcomeListener
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.provision import migrate_all
@@ -48,6 +49,31 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+#: Faults the session's stack injects, selected by the order id's suffix (see plumbing/faults.py).
+STACK_FAULTS = {
+    "orders": [
+        {"messageType": "CreateOrderRecord", "error": "OrderRecordError", "correlationIdPattern": "-(record|critical)$"}
+    ],
+    "notify": [{"messageType": "NotifyCustomer", "error": "NotificationError", "correlationIdPattern": "-notify$"}],
+    "payment": [
+        {"messageType": "ProcessPayment", "error": "NoReply", "times": 1, "correlationIdPattern": "-slow$"},
+        # Four runs fail (1 + 3 retries): the saga ends FAILED_CRITICAL, and a redrive's fifth run succeeds.
+        {"messageType": "RefundPayment", "error": "RefundFailed", "times": 4, "correlationIdPattern": "-critical$"},
+    ],
+}
+#: ProcessPayment's timeout in the session's workflow; the real 60 s would make the timeout tests slow.
+#: The definition is data: only this number differs from orchestrator/workflow.json.
+PAYMENT_TIMEOUT_SECONDS = 8
+
+
+def short_timeout_workflow(tmp: Path) -> Path:
+    document = json.loads(DEFINITION_FILE.read_text())
+    document["States"]["ProcessPayment"]["TimeoutSeconds"] = PAYMENT_TIMEOUT_SECONDS
+    path = tmp / "workflow.json"
+    path.write_text(json.dumps(document))
+    return path
 
 
 def free_port() -> int:

@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# One image for every Orderflow process: `docker run IMAGE inventory` (see docker/entrypoint.sh).
+# The manifests in deploy/k8s and docker-compose.yml run it; tests/e2e/test_manifests.py reads the
+# ENTRYPOINT, WORKDIR and ENV lines of the final stage, so keep them one instruction per line.
+
+# -- build: a virtualenv with Orderflow and its dependencies (all of them ship wheels; no compiler needed) --
+FROM python:3.11.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml ./
+COPY plumbing ./plumbing
+COPY contracts ./contracts
+COPY orchestrator ./orchestrator
+COPY services ./services
+COPY orderctl ./orderctl
+COPY devservers ./devservers
+RUN /opt/venv/bin/pip install --no-compile . \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib
+
+# -- final: the virtualenv, the entrypoint and an unprivileged user; no pip, no build tools --
+FROM python:3.11.11-slim-bookworm
+RUN groupadd --system --gid 10001 orderflow \
+    && useradd --system --uid 10001 --gid orderflow --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin orderflow
+COPY --from=build /opt/venv /opt/venv
+COPY --chmod=0755 docker/entrypoint.sh /app/docker/entrypoint.sh
+WORKDIR /app
+ENV PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin
+ENV PYTHONUNBUFFERED=1
+ENV PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+# No HEALTHCHECK: one image runs processes on different ports (and one-shot commands); Kubernetes probes
+# /healthz and /readyz, and docker-compose.yml declares a healthcheck per service.
+ENTRYPOINT ["/app/docker/entrypoint.sh"]
+CMD ["help"]
