@@ -86,14 +86,20 @@ async def cmd_submit(settings: CtlSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_status(settings: CtlSettings, args: argparse.Namespace) -> int:
+async def _view(settings: CtlSettings, order_id: str) -> dict | None:
     conn = await connect(settings.orchestrator_database_url)
     try:
-        view = await saga_view(conn, args.order_id)
+        view = await saga_view(conn, order_id)
     finally:
         await conn.close()
     if view is None:
-        print(f"no saga for {args.order_id}", file=sys.stderr)
+        print(f"no saga for {order_id}", file=sys.stderr)
+    return view
+
+
+async def cmd_status(settings: CtlSettings, args: argparse.Namespace) -> int:
+    view = await _view(settings, args.order_id)
+    if view is None:
         return 1
     if args.json:
         print(json.dumps(view, indent=2, default=str))
@@ -154,6 +160,21 @@ async def cmd_redrive(settings: CtlSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_history(settings: CtlSettings, args: argparse.Namespace) -> int:
+    view = await _view(settings, args.order_id)
+    if view is None:
+        return 1
+    print(f"{view['orderId']}  {view['status']}  ({len(view['history'])} events)\n")
+    print(f"{'AT':<26} {'EVENT':<22} {'STATE':<26} {'LANE':<9} {'TRY':>3}  ERROR / DETAIL")
+    for h in view["history"]:
+        note = ": ".join(x for x in (h["error"], h["cause"]) if x) or (json.dumps(h["detail"]) if h["detail"] else "")
+        print(
+            f"{h['at'][:26]:<26} {h['event']:<22} {h['state'] or '':<26} {h['lane']:<9} "
+            f"{h['attempt'] if h['attempt'] is not None else '':>3}  {note}"
+        )
+    return 0
+
+
 async def cmd_demo(settings: CtlSettings, args: argparse.Namespace) -> int:
     return await run_demo(settings, timeout=args.timeout)
 
@@ -188,8 +209,8 @@ async def cmd_dlq(settings: CtlSettings, args: argparse.Namespace) -> int:
                 assert letter.origin is not None
                 print(f"replayed {letter.message_id or '-'} to {letter.origin[0] or '(default)'} {letter.origin[1]}")
             if not replayed:
-                print("no matching dead letter", file=sys.stderr)
-                return 1
+                print("nothing to replay" if args.all else "no matching dead letter", file=sys.stderr)
+                return 0 if args.all else 1
         elif args.action == "purge":
             what = f"message(s) {', '.join(sorted(ids))}" if ids else "every message"
             if not args.yes:
@@ -238,6 +259,10 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("order_id")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=cmd_status)
+
+    h = sub.add_parser("history", help="every event of an order's saga, as Step Functions' execution history")
+    h.add_argument("order_id")
+    h.set_defaults(run=cmd_history)
 
     o = sub.add_parser("orders", help="list recent order records (newest first)")
     o.add_argument("--limit", type=int, default=20)

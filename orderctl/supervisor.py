@@ -86,8 +86,7 @@ def service_env(
     settings: CtlSettings, service: str, extra: dict[str, str] | None = None, *, dev_servers: bool = True
 ) -> dict[str, str]:
     """The environment a process gets: the same names its Kubernetes Deployment sets. With the dev servers,
-    payment and notify are pointed at the local Stripe server, SMTP sink and SMS server unless the
-    environment already says otherwise."""
+    payment and notify are pointed at the local Stripe server, SMTP sink and SMS server."""
     env = dict(os.environ)
     env.update(
         {
@@ -98,15 +97,19 @@ def service_env(
         }
     )
     if dev_servers and service == "payment":
-        env.setdefault("STRIPE_API_BASE", f"http://127.0.0.1:{settings.stripe_port}")
-        env.setdefault("STRIPE_WEBHOOK_SECRET", settings.stripe_webhook_secret)
+        env["STRIPE_API_BASE"] = f"http://127.0.0.1:{settings.stripe_port}"
+        env["STRIPE_WEBHOOK_SECRET"] = settings.stripe_webhook_secret
     if dev_servers and service == "notify":
-        env.setdefault("SMTP_HOST", "127.0.0.1")
-        env.setdefault("SMTP_PORT", str(settings.smtp_port))
-        env.setdefault("SMS_PROVIDER", "twilio")
-        env.setdefault("TWILIO_BASE_URL", f"http://127.0.0.1:{settings.sms_port}")
-        env.setdefault("TWILIO_ACCOUNT_SID", "ACorderflowlocal")
-        env.setdefault("TWILIO_AUTH_TOKEN", "orderflow-local-token")
+        env.update(
+            {
+                "SMTP_HOST": "127.0.0.1",
+                "SMTP_PORT": str(settings.smtp_port),
+                "SMS_PROVIDER": "twilio",
+                "TWILIO_BASE_URL": f"http://127.0.0.1:{settings.sms_port}",
+                "TWILIO_ACCOUNT_SID": "ACorderflowlocal",
+                "TWILIO_AUTH_TOKEN": "orderflow-local-token",
+            }
+        )
     env.update(extra or {})
     return env
 

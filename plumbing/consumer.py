@@ -22,7 +22,7 @@ import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel, ValidationError
 
-from plumbing import inbox, metrics, outbox
+from plumbing import inbox, metrics, outbox, tracing
 from plumbing.broker import Broker
 from plumbing.envelope import SCHEMA_VERSION, Envelope
 from plumbing.errors import DB_CONNECTION, PoisonMessage, classify_transient
@@ -168,7 +168,7 @@ class Consumer:
             return "dead_lettered"
         bind(
             orderId=envelope.correlationId,
-            messageType=envelope.type,
+            step=envelope.type,
             attempt=envelope.attempt,
             correlationId=envelope.correlationId,
             messageId=envelope.messageId,
@@ -216,6 +216,15 @@ class Consumer:
         return envelope, route, payload
 
     async def _handle_once(self, envelope: Envelope, route: Route, payload: BaseModel) -> bool:
+        attributes = {
+            "orderflow.order_id": envelope.correlationId,
+            "orderflow.attempt": envelope.attempt,
+            "messaging.message.id": envelope.messageId,
+        }
+        with tracing.handling(envelope.type, attributes):
+            return await self._transaction(envelope, route, payload)
+
+    async def _transaction(self, envelope: Envelope, route: Route, payload: BaseModel) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
             if not await inbox.claim(conn, self.name, envelope.messageId):
                 return False

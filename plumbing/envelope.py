@@ -40,6 +40,10 @@ class Envelope(BaseModel):
     schemaVersion: int = Field(SCHEMA_VERSION, description="Version of the payload schema.")
     occurredAt: datetime = Field(default_factory=lambda: datetime.now(UTC))
     replyTo: str | None = Field(None, description="Routing key for the reply to a command.")
+    trace: dict[str, str] = Field(
+        default_factory=dict,
+        description="Trace context of the producer, kept with an outbox row; on the wire it is in the headers.",
+    )
 
     def to_amqp(self, body: bytes) -> aio_pika.Message:
         return aio_pika.Message(

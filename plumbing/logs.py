@@ -2,10 +2,13 @@
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+
+from opentelemetry import trace
 
 #: Fields bound for the message being handled (orderId, step, attempt, correlationId).
 log_context: ContextVar[dict[str, Any] | None] = ContextVar("log_context", default=None)
@@ -25,12 +28,25 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         entry.update(log_context.get() or {})
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["traceId"] = format(span.trace_id, "032x")
         extra = getattr(record, "fields", None)
         if extra:
             entry.update(extra)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return mask(json.dumps(entry, default=str))
+
+
+_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+_PHONE = re.compile(r"\+\d[\d ()-]{6,18}(\d{2})")
+
+
+def mask(text: str) -> str:
+    """Contact details never reach the logs: a***@example.com, +*******12."""
+    text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    return _PHONE.sub(lambda m: "+" + "*" * 7 + m.group(1), text)
 
 
 def setup_logging(service: str, level: str = "INFO") -> None:

@@ -14,7 +14,7 @@ import logging
 import asyncpg
 from pydantic import BaseModel
 
-from plumbing import metrics
+from plumbing import metrics, tracing
 from plumbing.broker import Broker
 from plumbing.envelope import Envelope
 
@@ -35,6 +35,7 @@ async def enqueue(
     payload: BaseModel,
 ) -> None:
     """Add one message to the outbox inside the caller's open transaction."""
+    envelope = envelope.model_copy(update={"trace": tracing.current_context()})
     await conn.execute(
         """INSERT INTO outbox (message_id, exchange, routing_key, envelope, body)
            VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING""",
@@ -93,8 +94,11 @@ class OutboxRelay:
                 return 0
             for row in rows:
                 envelope = Envelope.model_validate(row["envelope"])
-                for _ in range(self.copies):
-                    await self.broker.publish(row["exchange"], row["routing_key"], envelope.to_amqp(bytes(row["body"])))
+                with tracing.restored(envelope.trace):
+                    for _ in range(self.copies):
+                        await self.broker.publish(
+                            row["exchange"], row["routing_key"], envelope.to_amqp(bytes(row["body"]))
+                        )
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
             await self.observe_backlog(conn)
         return len(rows)

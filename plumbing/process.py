@@ -22,6 +22,7 @@ from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
 from plumbing.outbox import OutboxRelay
 from plumbing.settings import ProcessSettings
 from plumbing.topology import COMMANDS_EXCHANGE, declare_consumer_queue, q_name
+from plumbing.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ class Process:
     async def run(self) -> None:
         """Run until SIGTERM or SIGINT, then drain within ``drain_seconds``."""
         setup_logging(self.name, self.settings.log_level)
+        setup_tracing(
+            self.name, otlp_endpoint=self.settings.otel_exporter_otlp_endpoint, trace_file=self.settings.trace_file
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,6 +128,7 @@ class Process:
         log.info("draining")
         await self.shutdown(tasks)
         await runner.cleanup()
+        shutdown_tracing()
         log.info("stopped")
 
     async def shutdown(self, tasks: list[asyncio.Task[None]]) -> None:

@@ -35,6 +35,10 @@ class ProcessSettings(BaseSettings):
     )
     log_level: str = "INFO"
     drain_seconds: float = Field(20.0, description="Bound on graceful shutdown after SIGTERM.")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, description="OpenTelemetry collector (OTLP/HTTP); tracing exports nothing when unset."
+    )
+    trace_file: str | None = Field(None, description="Write spans as JSON lines here (development, tests).")
     duplicate_publish: bool = Field(
         False,
         description="Fault injection: publish every outbox message twice, to prove the inbox. Never in production.",

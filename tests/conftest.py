@@ -20,6 +20,7 @@ from harness import (
 )
 
 from orderctl.client import OutcomeListener
+from orderctl.config import SERVICES
 from orderctl.supervisor import Supervisor
 
 
@@ -54,9 +55,18 @@ async def stack(
     extra_env = {service: {"FAULTS": json.dumps(rules)} for service, rules in STACK_FAULTS.items()}
     workflow_file = str(short_timeout_workflow(tmp))
     extra_env["orchestrator"] = {"WORKFLOW_FILE": workflow_file}
+    (tmp / "traces").mkdir()
+    for spec in SERVICES:  # spans as JSON lines, one file per process, for the tracing test
+        extra_env.setdefault(spec.name, {})["TRACE_FILE"] = str(tmp / "traces" / f"{spec.name}.jsonl")
     supervisor = Supervisor(stack_children(settings, extra_env), log_dir=str(tmp / "log"))
     await supervisor.start()
-    running = Stack(settings=settings, supervisor=supervisor, log_dir=tmp / "log", workflow_file=workflow_file)
+    running = Stack(
+        settings=settings,
+        supervisor=supervisor,
+        log_dir=tmp / "log",
+        workflow_file=workflow_file,
+        trace_dir=tmp / "traces",
+    )
     try:
         await wait_ready(running)
         yield running

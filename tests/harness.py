@@ -28,7 +28,7 @@ from orchestrator.definition import DEFINITION_FILE
 from orderctl.client import OutcomeListener
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.provision import migrate_all
-from orderctl.supervisor import Child, Supervisor, service_env, stripe_server_env
+from orderctl.supervisor import Child, Supervisor, children
 from plumbing.db import database_name, drop_database, with_database
 from services.inventory import repository as inventory_repo
 
@@ -166,6 +166,7 @@ class Stack:
     supervisor: Supervisor
     log_dir: Path
     workflow_file: str = ""
+    trace_dir: Path | None = None
 
     @property
     def sms_url(self) -> str:
@@ -184,41 +185,10 @@ class Stack:
 
 
 def stack_children(settings: CtlSettings, extra_env: dict[str, dict[str, str]] | None = None) -> list[Child]:
+    """What ``orderctl up`` starts, with a lower delivery limit so poison tests finish quickly."""
     extra_env = extra_env or {}
-    children = [
-        Child(
-            "stripe-server",
-            [sys.executable, "-m", "devservers.stripe_server", "--port", str(settings.stripe_port)],
-            stripe_server_env(settings),
-        ),
-        Child(
-            "smtp-sink",
-            [
-                sys.executable,
-                "-m",
-                "devservers.smtp_sink",
-                "--port",
-                str(settings.smtp_port),
-                "--maildir",
-                str(settings.maildir),
-            ],
-            dict(os.environ),
-        ),
-    ]
-    children.append(
-        Child(
-            "sms-server",
-            [sys.executable, "-m", "devservers.sms_server", "--port", str(settings.sms_port)],
-            dict(os.environ),
-        )
-    )
-    for spec in SERVICES:
-        env = service_env(settings, spec.name, {"DELIVERY_LIMIT": "5", **extra_env.get(spec.name, {})})
-        env["STRIPE_API_BASE"] = f"http://127.0.0.1:{settings.stripe_port}"
-        env["SMTP_PORT"] = str(settings.smtp_port)
-        env["TWILIO_BASE_URL"] = f"http://127.0.0.1:{settings.sms_port}"
-        children.append(Child(spec.name, [sys.executable, "-m", spec.module], env))
-    return children
+    merged = {spec.name: {"DELIVERY_LIMIT": "5", **extra_env.get(spec.name, {})} for spec in SERVICES}
+    return children(settings, dev_servers=True, extra_env=merged)
 
 
 def is_ready(port: int) -> bool:

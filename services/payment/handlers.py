@@ -16,6 +16,11 @@ from services.payment.stripe_gateway import StripeGateway
 log = logging.getLogger(__name__)
 
 
+async def lock_order(conn: asyncpg.Connection, order_id: str) -> None:
+    """Serialize one order's payment commands: a refund never races the charge it compensates."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))", order_id)
+
+
 async def save_payment(conn: asyncpg.Connection, order_id: str, intent: object) -> None:
     await conn.execute(
         """INSERT INTO payment (order_id, payment_intent_id, amount_minor, currency, status)
@@ -35,6 +40,9 @@ class PaymentHandlers:
 
     async def process_payment(self, ctx: MessageContext, command: ProcessPayment) -> PaymentProcessed | None:
         """Charge once per order; None when the intent waits for the customer (the webhook answers)."""
+        await lock_order(ctx.conn, command.orderId)
+        if await ctx.conn.fetchval("SELECT 1 FROM payment_void WHERE order_id = $1", command.orderId):
+            raise errors.PaymentFailed("the order was compensated before this payment ran; not charging")
         row = await ctx.conn.fetchrow(
             "SELECT payment_intent_id, status, amount_minor, currency FROM payment WHERE order_id = $1",
             command.orderId,
@@ -82,12 +90,17 @@ class PaymentHandlers:
         return result.reply
 
     async def refund_payment(self, ctx: MessageContext, command: RefundPayment) -> PaymentRefunded:
+        await lock_order(ctx.conn, command.orderId)
         payment = await ctx.conn.fetchrow(
             "SELECT payment_intent_id, currency, status FROM payment WHERE order_id = $1", command.orderId
         )
         intent_id = command.paymentIntentId or (payment["payment_intent_id"] if payment else None)
         if intent_id is None:
-            return PaymentRefunded(refunded=False)  # nothing was charged: a no-op success
+            # Nothing was charged: a no-op success, remembered so a late ProcessPayment cannot charge.
+            await ctx.conn.execute(
+                "INSERT INTO payment_void (order_id) VALUES ($1) ON CONFLICT DO NOTHING", command.orderId
+            )
+            return PaymentRefunded(refunded=False)
         currency = payment["currency"] if payment else "usd"
         if payment is not None and payment["status"] != "succeeded":
             if not await self._settle_unfinished(ctx, command.orderId, intent_id):

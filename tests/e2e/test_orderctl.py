@@ -71,6 +71,11 @@ def test_stock_submit_and_status(stack: Stack, tmp_path: Path) -> None:
     readable = orderctl(stack.settings, "status", order_id)
     assert "CONFIRMED" in readable.stdout and "ProcessPayment" in readable.stdout
 
+    history = orderctl(stack.settings, "history", order_id)
+    assert history.returncode == 0, history.stderr
+    assert "ExecutionStarted" in history.stdout and "TaskSucceeded" in history.stdout
+    assert "ExecutionSucceeded" in history.stdout
+
     listed = orderctl(stack.settings, "orders", "--limit", "500")
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if line.startswith(order_id))

@@ -224,3 +224,23 @@ async def test_redelivered_release_has_one_effect(stack: Stack, requester: Reque
         assert await conn.fetchval("SELECT stock FROM product WHERE product_id = $1", sku) == 10
     finally:
         await conn.close()
+
+
+async def test_a_payment_after_its_compensation_does_not_charge(stack: Stack, requester: Requester) -> None:
+    """A ProcessPayment still queued when the saga gave up (timeout, then refund of nothing) must not charge."""
+    order_id = f"ORDER#{uuid.uuid4().hex[:8]}"
+    refund = refund_command(order_id, None, f"{order_id}-refund")
+    await requester.send("payment.RefundPayment", refund, message_id="v1-" + order_id, order_id=order_id)
+    assert (await requester.reply("v1-" + order_id))["refunded"] is False
+    late = {
+        "orderId": order_id,
+        "amount": 5.0,
+        "currency": "usd",
+        "paymentMethodId": "pm_card_visa",
+        "idempotencyKey": f"{order_id}-payment",
+    }
+    await requester.send("payment.ProcessPayment", late, message_id="v2-" + order_id, order_id=order_id)
+    reply = await requester.reply("v2-" + order_id)
+    assert reply["type"] == "CommandFailed" and reply["Error"] == "PaymentFailed"
+    _, state = http_json(f"{stack.stripe_url}/_test/state")
+    assert not [p for p in state["payment_intents"] if p.get("metadata", {}).get("orderId") == order_id]
