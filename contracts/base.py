@@ -1,9 +1,9 @@
 """Building blocks the domain contracts share."""
 
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 #: Money in major units (129.57), exact in Python, a JSON number on the wire.
 Money = Annotated[
@@ -16,10 +16,30 @@ ProductId = Annotated[str, Field(min_length=1, max_length=100)]
 Currency = Annotated[str, Field(pattern=r"^[a-z]{3}$", description="ISO 4217, lower case.")]
 
 
+def _reject_nul(value: Any) -> Any:
+    """PostgreSQL cannot store NUL in text: refuse it at the edge, as a schema error, not a crash later."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nul(key)
+            _reject_nul(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _reject_nul(item)
+    return value
+
+
 class Contract(BaseModel):
     """A message body: frozen, and unknown fields are an error."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return _reject_nul(data)
 
 
 class OrderItem(Contract):

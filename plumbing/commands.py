@@ -49,7 +49,7 @@ def command_route(model: type[C], handler: Callable[[MessageContext, C], Awaitab
         if result is not None:
             await ctx.reply(result)
 
-    return Route(model, handle)
+    return Route(model, handle, needs_reply=True)
 
 
 async def _fail(ctx: MessageContext, error: NamedError) -> None:

@@ -76,7 +76,7 @@ class MessageContext:
     async def reply(self, payload: BaseModel) -> Envelope:
         """Answer the command being handled, to its reply-to key, with the same attempt."""
         if not self.envelope.replyTo:
-            raise PoisonMessage("command has no reply-to")
+            raise PoisonMessage("bad_envelope: command has no reply-to")
         return await self.publish(REPLIES_EXCHANGE, self.envelope.replyTo, payload, attempt=self.envelope.attempt)
 
 
@@ -88,6 +88,7 @@ RejectHook = Callable[[asyncpg.Connection, AbstractIncomingMessage, str], Awaita
 class Route:
     model: type[BaseModel]
     handler: Handler
+    needs_reply: bool = False  # a command: without a reply-to it is poison, refused before any effect
 
 
 class Consumer:
@@ -151,6 +152,10 @@ class Consumer:
         message_type = message.type or self.default_type or "unknown"
         try:
             outcome = await self._handle(message)
+        except Exception:  # even dead-lettering failed (broker away): hand the delivery back
+            log.exception("could not settle delivery; requeueing")
+            await _settle(message.nack(requeue=True))
+            outcome = "requeued"
         finally:
             self._in_flight.discard(task)
             if not self._in_flight:
@@ -165,6 +170,9 @@ class Consumer:
             envelope, route, payload = self._decode(message)
         except PoisonMessage as poison:
             await self.dead_letter(message, poison.reason)
+            return "dead_lettered"
+        except Exception as exc:  # whatever else makes a delivery unreadable must not hold it for ever
+            await self.dead_letter(message, f"bad_envelope: {type(exc).__name__}: {str(exc)[:300]}")
             return "dead_lettered"
         bind(
             orderId=envelope.correlationId,
@@ -201,13 +209,15 @@ class Consumer:
             raise PoisonMessage(f"too_large: body of {len(message.body)} bytes exceeds {self.max_message_bytes}")
         try:
             envelope = Envelope.from_amqp(message, default_type=self.default_type)
-        except (ValueError, ValidationError) as exc:
+        except (ValueError, TypeError, OverflowError, ValidationError) as exc:
             raise PoisonMessage(f"bad_envelope: {_short(exc)}") from exc
         route = self.routes.get(envelope.type)
         if route is None:
             raise PoisonMessage(f"unknown_type: no handler for message type {envelope.type!r}")
         if envelope.schemaVersion != SCHEMA_VERSION:
             raise PoisonMessage(f"schema_version: version {envelope.schemaVersion} is not supported")
+        if route.needs_reply and not envelope.replyTo:
+            raise PoisonMessage("bad_envelope: command has no reply-to")
         try:
             payload = route.model.model_validate_json(message.body)
         except ValidationError as exc:

@@ -83,12 +83,23 @@ class Envelope(BaseModel):
                 "type": message_type,
                 "correlationId": message.correlation_id or "",
                 "causationId": _text(headers.get(HEADER_CAUSATION)),
-                "attempt": int(headers.get(HEADER_ATTEMPT) or 1),
-                "schemaVersion": int(headers.get(HEADER_SCHEMA) or SCHEMA_VERSION),
+                "attempt": _int(headers.get(HEADER_ATTEMPT), 1),
+                "schemaVersion": _int(headers.get(HEADER_SCHEMA), SCHEMA_VERSION),
                 "occurredAt": _text(occurred) if isinstance(occurred, bytes) else occurred,
                 "replyTo": message.reply_to,
             }
         )
+
+
+def _int(value: Any, default: int) -> int:
+    """A header that must hold a whole number; anything else (a table, a float, text) is a ValueError."""
+    if value is None:
+        return default
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"header holds {type(value).__name__}, not a whole number")
+    return int(value)
 
 
 def _text(value: Any) -> Any:

@@ -52,7 +52,9 @@ class Process:
     broker: Broker | None = None
     relay: OutboxRelay | None = None
     draining: bool = False
+    started: bool = False
     consumers: list[Consumer] = field(default_factory=list)
+    cleanup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def ready(self) -> tuple[bool, dict[str, bool]]:
         database = False
@@ -61,11 +63,12 @@ class Process:
                 async with asyncio.timeout(2):
                     database = await self.pool.fetchval("SELECT true")
         checks = {
+            "consuming": self.started,
             "broker": bool(self.broker and self.broker.connected),
             "database": bool(database),
             "draining": self.draining,
         }
-        ok = checks["broker"] and checks["database"] and not self.draining
+        ok = self.started and checks["broker"] and checks["database"] and not self.draining
         metrics.READY.labels(self.name).set(1 if ok else 0)
         return ok, checks
 
@@ -103,6 +106,7 @@ class Process:
             )
             await consumer.start(queue)
             self.consumers.append(consumer)
+        self.started = True
 
     async def run(self) -> None:
         """Run until SIGTERM or SIGINT, then drain within ``drain_seconds``."""
@@ -146,6 +150,9 @@ class Process:
             await self.relay.close()
         if self.broker is not None:
             await self.broker.close()
+        for close in self.cleanup:
+            with contextlib.suppress(Exception):
+                await close()
         if self.pool is not None:
             await self.pool.close()
 

@@ -6,6 +6,7 @@ as the supervisor of ``orderctl up`` starts them, against the real servers.
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import socket
@@ -194,7 +195,7 @@ def stack_children(settings: CtlSettings, extra_env: dict[str, dict[str, str]] |
 def is_ready(port: int) -> bool:
     try:
         status, _ = http_json(f"http://127.0.0.1:{port}/readyz")
-    except OSError:
+    except (OSError, http.client.HTTPException, ValueError):
         return False
     return status == 200
 

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr
 
 from contracts.notify import NotifyCustomer
 from plumbing.commands import command_route
+from plumbing.db import create_pool
 from plumbing.process import Process, command_process, service_migrations
 from plumbing.settings import ProcessSettings
 from services.notify.handlers import NotifyHandlers
@@ -61,8 +62,11 @@ def build(settings: NotifySettings) -> Process:
     }
 
     async def wire(proc: Process) -> None:
-        assert proc.pool is not None
-        handlers = NotifyHandlers(pool=proc.pool, sms=sms_provider(settings), smtp=smtp, sender=settings.mail_from)
+        # Claims commit on their own connections while each delivery holds one for its transaction: a pool
+        # of their own, or PREFETCH deliveries could take every connection and wait on each other for ever.
+        claims = await create_pool(settings.database_url, size=settings.prefetch + 1)
+        proc.cleanup.append(claims.close)
+        handlers = NotifyHandlers(pool=claims, sms=sms_provider(settings), smtp=smtp, sender=settings.mail_from)
         proc.queues[0].routes["NotifyCustomer"] = command_route(NotifyCustomer, handlers.notify_customer)
 
     process.on_start = wire

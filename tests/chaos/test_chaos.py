@@ -1,0 +1,287 @@
+"""The chaos suite: hundreds of orders over every path of the guide while processes are SIGKILLed, broker
+connections are closed from the server side, database connections are terminated and every message is
+delivered twice; then, at quiescence, the invariant checker must find nothing wrong.
+
+Run alone: ``scripts/test -m chaos -s`` (it prints its figures). CHAOS_ORDERS sets the number of orders.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import pytest
+from harness import (
+    ADMIN_DSN,
+    STACK_FAULTS,
+    Stack,
+    create_databases,
+    drop_databases,
+    eventually,
+    fresh_vhost,
+    order_body,
+    seed,
+    settings_for,
+    short_timeout_workflow,
+    stack_children,
+    wait_ready,
+)
+
+from orderctl.config import SERVICES
+from orderctl.supervisor import Supervisor
+from plumbing.db import database_name
+
+pytestmark = pytest.mark.chaos
+
+ORDERS = int(os.environ.get("CHAOS_ORDERS", "500"))
+CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "90"))
+SEED = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
+
+
+def plan(n: int, rng: random.Random) -> list[tuple[str, dict]]:
+    """A mix of every path: mostly happy orders, and each failure of the guide."""
+    kinds = ["happy"] * 10 + ["insufficient", "declined", "funds", "record", "notify", "slow", "contended"]
+    orders = []
+    for i in range(n):
+        kind = rng.choice(kinds)
+        suffix = {"record": "-record", "notify": "-notify", "slow": "-slow"}.get(kind, "")
+        order_id = f"ORDER#chaos-{SEED}-{i}{suffix}"
+        if kind == "insufficient":
+            body = order_body(order_id, [("sku-plenty", 9999)])
+        elif kind == "declined":
+            body = order_body(order_id, [("sku-plenty", 1)], "pm_card_chargeDeclined")
+        elif kind == "funds":
+            body = order_body(order_id, [("sku-plenty", 2)], "pm_card_chargeDeclinedInsufficientFunds")
+        elif kind == "contended":
+            body = order_body(order_id, [("sku-scarce", 1), ("sku-plenty", 1)])
+        else:
+            body = order_body(order_id, [("sku-plenty", rng.randint(1, 3))])
+        orders.append((kind, body))
+    return orders
+
+
+class Chaos:
+    """The faults, each on its own random schedule, counted."""
+
+    def __init__(self, stack: Stack, vhost: str, rng: random.Random) -> None:
+        self.stack, self.vhost, self.rng = stack, vhost, rng
+        self.figures: Counter[str] = Counter()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self.tasks = [
+            asyncio.create_task(self._every(1.0, 3.0, self.kill)),
+            asyncio.create_task(self._every(3.0, 7.0, self.drop_broker_connections)),
+            asyncio.create_task(self._every(2.0, 6.0, self.terminate_database_connections)),
+        ]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _every(self, low: float, high: float, action) -> None:  # noqa: ANN001
+        while True:
+            await asyncio.sleep(self.rng.uniform(low, high))
+            try:
+                await action()
+            except Exception as exc:  # a fault that could not be injected this time is reported, not fatal
+                print(f"chaos: {action.__name__} failed: {exc!r}")
+                self.figures[f"errors:{action.__name__}"] += 1
+
+    async def kill(self) -> None:
+        child = self.stack.supervisor.by_name(self.rng.choice([s.name for s in SERVICES]))
+        if child.process is not None and child.process.returncode is None:
+            try:
+                os.killpg(child.process.pid, signal.SIGKILL)
+                self.figures[f"kills:{child.name}"] += 1
+                self.figures["kills"] += 1
+            except ProcessLookupError:
+                pass
+
+    async def drop_broker_connections(self) -> None:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            ["rabbitmqctl", "-q", "close_all_connections", "--vhost", self.vhost, "--limit", "1000", "chaos"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode == 0:
+            self.figures["broker connection drops"] += 1
+
+    async def terminate_database_connections(self) -> None:
+        names = [database_name(self.stack.settings.database_url(s.name)) for s in SERVICES]
+        conn = await asyncpg.connect(ADMIN_DSN)
+        try:
+            terminated = await conn.fetchval(
+                """SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+                   WHERE datname = ANY($1::text[]) AND pid <> pg_backend_pid()""",
+                names,
+            )
+        finally:
+            await conn.close()
+        self.figures["database connections terminated"] += terminated
+        self.figures["database terminations"] += 1
+
+
+@pytest.fixture(scope="module")
+async def chaos_stack(servers: None, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("chaos")
+    with fresh_vhost() as amqp_url:
+        settings = settings_for(amqp_url, tmp=tmp)
+        await create_databases(settings)
+        extra = {service: {"FAULTS": json.dumps(rules)} for service, rules in STACK_FAULTS.items()}
+        extra["orchestrator"] = {"WORKFLOW_FILE": str(short_timeout_workflow(tmp))}
+        for spec in SERVICES:  # every message published twice: the inbox must absorb each copy
+            extra.setdefault(spec.name, {}).update({"DUPLICATE_PUBLISH": "true", "DELIVERY_LIMIT": "10"})
+        supervisor = Supervisor(stack_children(settings, extra), log_dir=str(tmp / "log"))
+        await supervisor.start()
+        stack = Stack(settings=settings, supervisor=supervisor, log_dir=tmp / "log")
+        try:
+            await wait_ready(stack)
+            yield stack, amqp_url.rsplit("/", 1)[1]
+        finally:
+            await supervisor.stop()
+            await drop_databases(settings)
+
+
+async def publish_with_retry(amqp_url: str, bodies: list[bytes]) -> int:
+    """Publish like a client that retries until the broker confirms (connections get closed under it)."""
+    published = 0
+    while published < len(bodies):
+        try:
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                channel = await connection.channel(publisher_confirms=True)
+                exchange = await channel.declare_exchange("orders", aio_pika.ExchangeType.TOPIC, durable=True)
+                while published < len(bodies):
+                    body = bodies[published]
+                    await exchange.publish(
+                        aio_pika.Message(body=body, content_type="application/json"), "order.requested", timeout=10
+                    )
+                    published += 1
+        except (aio_pika.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, OSError, TimeoutError):
+            await asyncio.sleep(0.2)  # the connection was closed under us: reconnect and go on
+    return published
+
+
+async def quiescent(stack: Stack, order_ids: list[str]) -> dict[str, int] | None:
+    """All sagas terminal, every outbox empty: nothing more will happen. None while not (or not readable)."""
+    try:
+        return await _quiescent(stack, order_ids)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return None  # a terminated or refused probe connection: ask again
+
+
+async def _quiescent(stack: Stack, order_ids: list[str]) -> dict[str, int] | None:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        backlog = 0
+        statuses: dict[str, int] = {}
+        for spec in SERVICES:
+            name = database_name(stack.settings.database_url(spec.name))
+            conn = await asyncpg.connect(ADMIN_DSN.rsplit("/", 1)[0] + "/" + name)
+            try:
+                backlog += await conn.fetchval("SELECT count(*) FROM outbox")
+                if spec.name == "orchestrator":
+                    rows = await conn.fetch(
+                        "SELECT status, count(*) FROM saga WHERE order_id = ANY($1::text[]) GROUP BY status", order_ids
+                    )
+                    statuses = {r["status"]: r["count"] for r in rows}
+            finally:
+                await conn.close()
+    finally:
+        await admin.close()
+    done = sum(v for k, v in statuses.items() if k != "RUNNING")
+    return statuses if done == len(order_ids) and backlog == 0 else None
+
+
+async def duplicates_absorbed(stack: Stack) -> int:
+    total = 0
+    for spec in SERVICES:
+        name = database_name(stack.settings.database_url(spec.name))
+        conn = await asyncpg.connect(ADMIN_DSN.rsplit("/", 1)[0] + "/" + name)
+        try:
+            total += await conn.fetchval("SELECT coalesce(sum(duplicates), 0) FROM inbox")
+        finally:
+            await conn.close()
+    return total
+
+
+def save_figures(figures: dict) -> None:
+    """Kept for docs/reliability.md: the latest figures and the command that produced them."""
+    path = Path(os.environ.get("CHAOS_FIGURES", "var/chaos-figures.json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2))
+
+
+@pytest.mark.timeout(1800)
+async def test_no_order_lost_or_doubled_under_chaos(chaos_stack) -> None:
+    from orderctl.checker import check
+
+    stack, vhost = chaos_stack
+    rng = random.Random(SEED)
+    # sku-plenty outlasts every order but the 9999-unit ones; sku-scarce runs out part way.
+    await seed(stack, {"sku-plenty": (5_000, "3.00"), "sku-scarce": (25, "7.00")})
+    orders = plan(ORDERS, rng)
+    bodies = [json.dumps(body).encode() for _, body in orders]
+    order_ids = [body["orderId"] for _, body in orders]
+
+    chaos = Chaos(stack, vhost, rng)
+    chaos.start()
+    started = time.monotonic()
+    try:
+        # Orders arrive over time, each published twice by the client too.
+        for i in range(0, len(bodies), 25):
+            batch = bodies[i : i + 25]
+            await publish_with_retry(stack.settings.amqp_url, batch + batch)
+            await asyncio.sleep(1.0)
+        # The faults go on while the sagas run: until they are all done, or CHAOS_SECONDS have passed.
+        with contextlib.suppress(AssertionError):
+            await eventually(
+                lambda: quiescent(stack, order_ids),
+                timeout=max(0.0, CHAOS_SECONDS - (time.monotonic() - started)),
+                interval=2.0,
+                what="quiescence under chaos",
+            )
+    finally:
+        await chaos.stop()
+    statuses = await eventually(lambda: quiescent(stack, order_ids), timeout=600, interval=1.0, what="quiescence")
+    elapsed = time.monotonic() - started
+
+    # Quiescent sagas; the reservation commit that follows order.confirmed may still be in flight.
+    async def clean_report():
+        report = await check(stack.settings, allow_running=False, stripe_url=stack.stripe_url)
+        return report if not report.violations else None
+
+    with contextlib.suppress(AssertionError):
+        await eventually(clean_report, timeout=60, interval=2.0, what="a clean check")
+    report = await check(stack.settings, allow_running=False, stripe_url=stack.stripe_url)
+    figures = {
+        "orders": len(orders),
+        **{f"orders {k}": v for k, v in sorted(Counter(kind for kind, _ in orders).items())},
+        **{f"status {k}": v for k, v in sorted(statuses.items())},
+        "kills": chaos.figures["kills"],
+        **{k: v for k, v in sorted(chaos.figures.items()) if k.startswith("kills:")},
+        "broker connection drops": chaos.figures["broker connection drops"],
+        "database terminations": chaos.figures["database terminations"],
+        "database connections terminated": chaos.figures["database connections terminated"],
+        "duplicate deliveries absorbed": await duplicates_absorbed(stack),
+        "violations": len(report.violations),
+        "seconds": round(elapsed),
+        "seed": SEED,
+    }
+    print("\nchaos figures:\n" + "\n".join(f"  {k}: {v}" for k, v in figures.items()))
+    await asyncio.to_thread(save_figures, figures)
+    assert report.violations == [], "\n".join(str(v) for v in report.violations[:50])
+    assert figures["kills"] > 0 and figures["broker connection drops"] > 0 and figures["database terminations"] > 0
+    assert figures["duplicate deliveries absorbed"] > 0
