@@ -1,0 +1,192 @@
+"""The invariants, one small function each, registered in ``RULES`` with a name; the docstring says what it checks."""
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+
+from orchestrator.state import RUNNING
+from orderctl.checker.model import CONFIRMED, FAILED_CRITICAL, Snapshot
+
+#: A rule yields (order id or None, what is wrong) for each violation it finds.
+Rule = Callable[[Snapshot], Iterator[tuple[str | None, str]]]
+#: Every rule, in the order they run: (name, function); the function's docstring says what it checks.
+RULES: list[tuple[str, Rule]] = []
+
+
+def rule(name: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        RULES.append((name, fn))
+        return fn
+
+    return register
+
+
+@rule("terminal-status")
+def terminal_status(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """Every saga ends in exactly one terminal status of the workflow, and its history agrees.
+
+    RUNNING is allowed only with ``allow_running``. An ended saga's last ExecutionSucceeded or
+    ExecutionFailed names its status, with no ExecutionRedriven after it."""
+    for order_id, saga in snap.sagas.items():
+        if saga.status == RUNNING:
+            if not snap.allow_running:
+                yield order_id, f"still RUNNING{saga.moved}"
+            continue
+        if saga.status not in snap.terminal:
+            yield order_id, f"status {saga.status!r} is not a terminal status"
+            continue
+        ends = [(event, detail) for event, _, _, detail in saga.history if event.startswith("Execution")]
+        last = ends[-1] if ends else None
+        if last is None or last[0] == "ExecutionRedriven":
+            yield order_id, f"status {saga.status} but its history has not ended"
+        elif (last[1] or {}).get("status") != saga.status:
+            yield order_id, f"status {saga.status} but history ended {(last[1] or {}).get('status')}"
+
+
+@rule("single-charge")
+def single_charge(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """No order charged more than once, at Stripe: one PaymentIntent per order (metadata orderId),
+    at most one succeeded charge per PaymentIntent. Our ledger holds one payment per order by its key."""
+    charges = snap.charges_by_intent
+    for order_id, intents in snap.intents_by_order.items():
+        if len(intents) > 1:
+            ids = ", ".join(sorted(i["id"] for i in intents))
+            yield order_id, f"{len(intents)} PaymentIntents: {ids}"
+        for intent in intents:
+            succeeded = [c for c in charges.get(intent["id"], []) if c["status"] == "succeeded"]
+            if len(succeeded) > 1:
+                yield order_id, f"{intent['id']} has {len(succeeded)} succeeded charges"
+
+
+@rule("refunds-within-charge")
+def refunds_within_charge(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """Refunds never exceed what was charged: in our ledger (refund rows against the payment row)
+    and at Stripe (each charge's amount_refunded against its amount)."""
+    for order_id in sorted(set(snap.payments) | set(snap.refunds)):
+        taken, refunded = snap.taken(order_id), snap.refunded(order_id)
+        if refunded > taken:
+            yield order_id, f"refunded {refunded} of {taken} charged (minor units)"
+    for charge in (snap.stripe or {}).get("charges", []):
+        if charge["amount_refunded"] > charge["amount"]:
+            order_id = (charge.get("metadata") or {}).get("orderId")
+            detail = f"charge {charge['id']} refunded {charge['amount_refunded']} of {charge['amount']}"
+            yield order_id, detail
+
+
+@rule("money-iff-confirmed")
+def money_iff_confirmed(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """Money taken minus refunded is positive exactly for CONFIRMED orders (Stripe's charges when
+    given, else payment status 'succeeded' less refunds). FAILED_CRITICAL orders are exempt: their
+    refund is the compensation that did not finish, waiting for a redrive."""
+    for order_id, saga in snap.settled():
+        if saga.status == FAILED_CRITICAL:
+            continue
+        net = snap.net(order_id)
+        if saga.status == CONFIRMED and net <= 0:
+            yield order_id, f"CONFIRMED but {net} kept (minor units)"
+        elif saga.status != CONFIRMED and net > 0:
+            yield order_id, f"{saga.status} but {net} kept (minor units)"
+
+
+@rule("stock-never-negative")
+def stock_never_negative(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """No product's stock is below zero."""
+    for product_id, p in snap.products.items():
+        if p["stock"] < 0:
+            yield None, f"{product_id}: stock {p['stock']}"
+
+
+@rule("stock-balance")
+def stock_balance(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """Stock plus active and committed reservations equals the stock put in (product.received,
+    kept by the trigger of services/inventory/migrations/0002_stock_ledger.sql)."""
+    for product_id, p in snap.products.items():
+        held = p["active"] + p["committed"]
+        if p["stock"] + held != p["received"]:
+            detail = f"{product_id}: stock {p['stock']} + reserved {held} != received {p['received']}"
+            yield None, detail
+
+
+@rule("reservation-settled")
+def reservation_settled(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """An ended order holds no active reservation: a CONFIRMED one has its reservation committed
+    (active is allowed while running: the commit follows order.confirmed), any other has none active
+    or committed (FAILED_CRITICAL may keep an active one: its release did not finish). At most one
+    reservation per order is not released."""
+    for order_id, saga in snap.settled():
+        statuses = Counter(snap.reservations.get(order_id, []))
+        held = statuses["active"] + statuses["committed"]
+        if held > 1:
+            yield order_id, f"{held} reservations hold stock"
+        if saga.status == CONFIRMED:
+            if statuses["committed"] or (statuses["active"] and snap.allow_running):
+                continue
+            found = ", ".join(sorted(statuses.elements())) or "none"
+            yield order_id, f"CONFIRMED without a committed reservation ({found})"
+        elif statuses["committed"] or (statuses["active"] and saga.status != FAILED_CRITICAL):
+            found = ", ".join(s for s in ("active", "committed") if statuses[s])
+            yield order_id, f"{saga.status} with a reservation {found}"
+
+
+@rule("compensations-finished")
+def compensations_finished(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """Every compensation that started (a Task marked Compensation was scheduled) succeeded in the
+    end, or its order is FAILED_CRITICAL. Read from saga_history, per lane and state."""
+    for order_id, saga in snap.settled():
+        if saga.status == FAILED_CRITICAL:
+            continue
+        last: dict[tuple[str, str | None], str] = {}
+        for event, lane, state, _ in saga.history:
+            if event in ("TaskScheduled", "TaskSucceeded"):
+                last[(lane, state)] = event
+        for (lane, state), event in sorted(last.items(), key=str):
+            if event == "TaskScheduled":
+                yield order_id, f"{state} ({lane}) started, never succeeded"
+
+
+@rule("order-record")
+def order_record(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """Every CONFIRMED order has one order record (its key makes it at most one), CONFIRMED too;
+    every order record belongs to a CONFIRMED saga."""
+    for order_id, saga in snap.settled():
+        record = snap.records.get(order_id)
+        if saga.status == CONFIRMED and record != CONFIRMED:
+            yield order_id, f"CONFIRMED but order record is {record or 'missing'}"
+        elif saga.status != CONFIRMED and record is not None:
+            yield order_id, f"{saga.status} but an order record exists ({record})"
+
+
+@rule("notification")
+def notification(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """Every CONFIRMED order had one notification attempt: an email row, sent (or 'sending': an
+    unknown outcome is never sent twice) unless the saga caught a notificationError, when the row
+    may be failed or missing (the failure came before the notify service). Nothing is sent for an
+    order that did not confirm."""
+    for order_id, saga in snap.settled():
+        channels = snap.notifications.get(order_id, {})
+        email = channels.get("email")
+        if saga.status == CONFIRMED:
+            if not saga.notification_error and email not in ("sent", "sending"):
+                yield order_id, f"CONFIRMED, no notificationError, email {email or 'missing'}"
+        elif channels:
+            yield order_id, f"{saga.status} but notified: {sorted(channels)}"
+
+
+@rule("effects-without-saga")
+def effects_without_saga(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """Every effect (reservation, payment, refund, order record, notification, Stripe PaymentIntent)
+    belongs to a submitted order: one with a saga."""
+    sources = {
+        "reservation": snap.reservations,
+        "payment": snap.payments,
+        "refund": snap.refunds,
+        "order record": snap.records,
+        "notification": snap.notifications,
+        "stripe": snap.intents_by_order,
+    }
+    orphans: dict[str, list[str]] = defaultdict(list)
+    for where, orders in sources.items():
+        for order_id in orders:
+            if order_id not in snap.sagas:
+                orphans[order_id].append(where)
+    for order_id, where in sorted(orphans.items()):
+        yield order_id, "no saga, yet " + ", ".join(where)
