@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from contracts.asyncapi import consumer_queues
 from plumbing.consumer import HEADER_DEATH_KIND, HEADER_DEATH_REASON
+from plumbing.envelope import copy_of
 from plumbing.topology import dq_name
 
 DLQ_SUFFIX = dq_name("")
@@ -177,19 +178,7 @@ async def replay(url: str, queue: str, message_ids: set[str] | None) -> list[Dea
             )
             headers = {k: v for k, v in (message.headers or {}).items() if k not in _DEATH_HEADERS}
             headers["x-replayed-from"] = name
-            copy = aio_pika.Message(
-                body=message.body,
-                headers=headers,
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-                type=message.type,
-                reply_to=message.reply_to,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                timestamp=message.timestamp,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            )
-            await target.publish(copy, routing_key, mandatory=True, timeout=_PUBLISH_TIMEOUT)
+            await target.publish(copy_of(message, headers), routing_key, mandatory=True, timeout=_PUBLISH_TIMEOUT)
             await message.ack()
         await publisher.close()
         return letters

@@ -17,14 +17,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel, ValidationError
 
 from plumbing import inbox, metrics, outbox, tracing
 from plumbing.broker import Broker
-from plumbing.envelope import SCHEMA_VERSION, Envelope
+from plumbing.envelope import SCHEMA_VERSION, Envelope, copy_of
 from plumbing.errors import DB_CONNECTION, PoisonMessage, classify_transient
 from plumbing.faults import FaultPlan
 from plumbing.logs import bind, log_context
@@ -255,17 +254,7 @@ class Consumer:
                 "x-original-routing-key": message.routing_key or "",
             }
         )
-        copy = aio_pika.Message(
-            body=message.body,
-            headers=headers,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            type=message.type,
-            reply_to=message.reply_to,
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
-        await self.broker.publish(DEAD_LETTER_EXCHANGE, self.queue_name, copy)
+        await self.broker.publish(DEAD_LETTER_EXCHANGE, self.queue_name, copy_of(message, headers))
         if self.on_reject is not None:
             try:
                 async with self.pool.acquire() as conn, conn.transaction():

@@ -91,6 +91,23 @@ class Envelope(BaseModel):
         )
 
 
+def copy_of(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """A delivery as a new persistent message with the same body and properties, and ``headers``:
+    what dead-lettering and replaying a dead letter publish."""
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        type=message.type,
+        reply_to=message.reply_to,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        timestamp=message.timestamp,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
 def _int(value: Any, default: int) -> int:
     """A header that must hold a whole number; anything else (a table, a float, text) is a ValueError."""
     if value is None:
