@@ -494,9 +494,9 @@ async def test_the_running_stack_after_real_orders_has_no_violation(stack: Stack
 
     workflow = definition.load(Path(stack.workflow_file))
     report = await check(stack.settings, allow_running=True, stripe_url=stack.stripe_url, workflow=workflow)
-    # Other tests of the session may send commands straight to a service (tests/integration/test_redelivery.py):
-    # those effects have no saga, and that is the only violation they may add.
+    # Other tests of the session send commands straight to services, poison and generated messages included
+    # (tests/integration/test_redelivery.py, tests/e2e/test_poison.py): their orders are theirs to judge. This
+    # test judges its own orders, and the violations of no order (stock, ledger).
     mine = {order_id for _, order_id, _, _ in orders}
-    foreign = [v for v in report.violations if v.order_id not in mine and v.rule == "effects-without-saga"]
-    assert [v for v in report.violations if v not in foreign] == []
+    assert [v for v in report.violations if v.order_id is None or v.order_id in mine] == []
     assert report.figures["orders"] >= 5 and report.figures["stripe_succeeded_charges"] >= 3
