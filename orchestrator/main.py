@@ -116,7 +116,11 @@ def build(settings: OrchestratorSettings) -> Process:
 
     async def timer_loop() -> None:
         assert process.pool is not None and process.relay is not None
-        await TimerLoop(process.pool, runner, on_fired=process.relay.nudge).run()
+        broker = process.broker
+        loop = TimerLoop(
+            process.pool, runner, on_fired=process.relay.nudge, broker_up=lambda: bool(broker and broker.connected)
+        )
+        await loop.run()
 
     reply_routes = {spec.model.__name__: Route(spec.model, on_reply) for spec in MESSAGES if spec.kind == "reply"}
     process.queues = [

@@ -49,6 +49,10 @@ SAGAS_FAILED_CRITICAL = Gauge(
     "orderflow_sagas_failed_critical", "Sagas now in FAILED_CRITICAL, waiting for manual review or a redrive."
 )
 SAGAS_IN_FLIGHT = Gauge("orderflow_sagas_in_flight", "Sagas not yet in a terminal status.")
+CLOCK_PAUSED_SECONDS = Counter(
+    "orderflow_saga_clock_paused_seconds_total",
+    "Seconds the saga clock stood still because the broker or the database was away (timers pushed back).",
+)
 
 SUCCEEDED, FAILED = "succeeded", "failed"
 _REPLY_EVENTS = {"TaskSucceeded", "TaskFailed", "TaskTimedOut"}

@@ -126,7 +126,8 @@ class Runner:
                 await conn.execute(
                     """INSERT INTO saga_timer (order_id, lane, token, kind, due_at) VALUES ($1, $2, $3, $4, $5)
                        ON CONFLICT (order_id, lane) DO UPDATE
-                       SET token = excluded.token, kind = excluded.kind, due_at = excluded.due_at""",
+                       SET token = excluded.token, kind = excluded.kind, due_at = excluded.due_at,
+                           armed_at = now()""",
                     order_id,
                     lane,
                     timer.token,

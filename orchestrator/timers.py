@@ -1,32 +1,41 @@
 """Fire durable timers (step timeouts, retry waits, Parallel timeouts) when they fall due.
 
 The loop sleeps until the earliest due time or until a transition announces a
-new timer with NOTIFY; it never polls. A timer is re-read under its saga's
-lock before it fires, so with several replicas each timer fires once.
+new timer with NOTIFY, and at most HEARTBEAT_SECONDS, because each wake-up also
+ticks the saga clock (orchestrator/saga_clock.py): while the broker is away the
+loop fires nothing, and after an outage the clock pushes pending timers back
+before any of them can fire. A timer is re-read under its saga's lock before it
+fires, so with several replicas each timer fires once.
 """
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 import asyncpg
 
+from orchestrator import saga_clock
 from orchestrator.runner import TIMER_CHANNEL, Runner
 from orchestrator.state import TimerFired
 
 log = logging.getLogger(__name__)
 
 _BATCH = 100
-# Upper bound on one sleep, so a clock jump or a lost listener connection heals itself.
-_MAX_SLEEP = 60.0
+# Upper bound on one sleep: the saga clock's heartbeat.
+_MAX_SLEEP = saga_clock.HEARTBEAT_SECONDS
 
 
 class TimerLoop:
-    def __init__(self, pool: asyncpg.Pool, runner: Runner, *, on_fired=None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, runner: Runner, *, on_fired=None, broker_up: Callable[[], bool] = lambda: True
+    ) -> None:
         self.pool = pool
         self.runner = runner
         self.on_fired = on_fired
+        #: Whether this replica reaches the broker now; the database it reaches if its queries succeed.
+        self.broker_up = broker_up
         self._wake = asyncio.Event()
 
     def _on_notify(self, *_: object) -> None:
@@ -40,7 +49,10 @@ class TimerLoop:
                 await listener.add_listener(TIMER_CHANNEL, self._on_notify)
                 while True:
                     self._wake.clear()
-                    await self.fire_due()
+                    if self.broker_up():
+                        async with self.pool.acquire() as conn:
+                            await saga_clock.tick(conn)
+                        await self.fire_due()
                     sleep = await self._seconds_to_next()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), sleep)
@@ -77,6 +89,8 @@ class TimerLoop:
             if not due:
                 return fired
             for row in due:
+                if not self.broker_up():
+                    return fired  # the clock stops with the broker; the next tick pushes these back
                 if await self._fire(row["order_id"], row["lane"], row["token"]):
                     fired += 1
             if len(due) < _BATCH:

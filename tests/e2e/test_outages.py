@@ -2,9 +2,11 @@
 RabbitMQ and PostgreSQL servers, so they must not disturb the session's stack (whose processes ride the outage
 out too, if it is running), and they always start the server again.
 
-The issue asks for outages of up to a minute; these last OUTAGE_SECONDS (20 s) to keep CI time sane. Orders
-go in before the outage and during it; during a broker outage no AMQP client can publish, so the orders of
-that phase wait in a client that retries until the broker takes them (faults_support.publish_orders_when_possible).
+The issue asks for outages of up to a minute, and these last a minute (OUTAGE_SECONDS): twice the guide's
+30 s step timeouts, which the saga clock stops while the platform is away (orchestrator/saga_clock.py), so
+no order in flight times out. Orders go in before the outage and during it; during a broker outage no AMQP
+client can publish, so the orders of that phase wait in a client that retries until the broker takes them
+(faults_support.publish_orders_when_possible).
 """
 
 import asyncio
@@ -44,7 +46,7 @@ from orderctl.config import SERVICES
 
 pytestmark = pytest.mark.e2e
 
-OUTAGE_SECONDS = 20.0
+OUTAGE_SECONDS = 60.0
 ORDERS_BEFORE = 8
 ORDERS_DURING = 8
 
