@@ -1,0 +1,1 @@
+"""Benchmarks: figures measured on a machine, never asserted in tests."""
