@@ -45,6 +45,7 @@ from bench.counters import (
 )
 from bench.installation import BACKENDS, Installation
 from bench.loadgen import Driver, Flight, OrderFactory, OutcomeTap, Publisher, parse_mix, settle
+from bench.profile import Profiler
 from bench.report import Report, as_json, render, results_text
 from bench.results import RunResults, SagaCost, ceiling_of, summarize
 from bench.saturate import SaturationPlan, SaturationStep, saturate
@@ -71,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every figure, the arguments and the machine here")
     parser.add_argument("--external", action="store_true", help="use the installation the ORDERFLOW_* env names")
     parser.add_argument("--keep", action="store_true", help="keep the databases, vhost and logs (not the processes)")
+    parser.add_argument("--profile", type=Path, help="record each process with py-spy into this directory")
     parser.add_argument("--sample-seconds", type=float, default=1.0, help="CPU/RSS sampling interval")
     sat = parser.add_argument_group("--saturate")
     sat.add_argument("--start-rate", type=float, default=10.0)
@@ -209,11 +211,16 @@ async def measure(args: argparse.Namespace, inst: Installation, run_id: str) -> 
         servers = ServerWatch()
         watch.open_window(await inst.pids(admin))
         servers.start()
+        profiler = Profiler(args.profile) if args.profile and inst.stack else None
+        if profiler is not None:
+            supervised = (await inst.pids(None)).items()
+            await profiler.start({name: pids[0] for name, pids in supervised if pids and name != "bench.load"})
         opened = time.monotonic()
 
         flights, steps = await drive(Driver(tap, publisher, OrderFactory(run_id, args.weights)), args)
 
         closed = time.monotonic()
+        profiles = await profiler.stop() if profiler is not None else None
         per_process = watch.finish(await inst.pids(admin)) if inst.stack else []
         server_usage = servers.finish()
         handled_after = await agreed(lambda: handled_by_process(settings))
@@ -250,6 +257,8 @@ async def measure(args: argparse.Namespace, inst: Installation, run_id: str) -> 
         saturation=steps,
         rss_series=watch.series() if inst.stack else {},
         restarts=inst.restarts(),
+        profiles=profiles,
+        profile_dir=args.profile,
     )
 
 

@@ -6,9 +6,12 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from bench import profile
 from bench.floor import Floor
+from bench.profile import ProcessProfile
 from bench.results import Ceiling, RunResults, SagaCost
 from bench.saturate import SaturationStep, best
 from bench.usage import ProcessUsage, ServerUsage
@@ -35,6 +38,9 @@ class Report:
     saturation: list[SaturationStep] | None
     rss_series: dict[str, list[tuple[float, int]]]
     restarts: dict[str, int]
+    profiles: list[ProcessProfile] | None = None
+    """py-spy's view of each process over the measured window (--profile)."""
+    profile_dir: Path | None = None
 
     @property
     def sagas_per_second(self) -> float:
@@ -97,6 +103,7 @@ def as_json(report: Report) -> dict[str, Any]:
         "ratio": report.ratio,
         "saturation": None if report.saturation is None else [dataclasses.asdict(s) for s in report.saturation],
         "rss_series": report.rss_series,
+        "profiles": None if report.profiles is None else [dataclasses.asdict(p) for p in report.profiles],
     }
 
 
@@ -113,6 +120,8 @@ def render(report: Report) -> str:
         _cost(report),
         _ceiling(report),
     ]
+    if report.profiles is not None and report.profile_dir is not None:
+        sections.append(profile.render(report.profiles, report.profile_dir))
     return "\n\n".join(s for s in sections if s)
 
 

@@ -22,7 +22,7 @@ from plumbing.consumer import MessageContext, Route
 from plumbing.envelope import Envelope
 from plumbing.http import SCRAPE_HOOKS
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
-from plumbing.process import Process, QueueSpec
+from plumbing.process import Process, QueueSpec, run_process
 from plumbing.replies import CommandFailed
 from plumbing.settings import ProcessSettings
 from plumbing.topology import (
@@ -168,7 +168,7 @@ def _order_id_of(body: bytes) -> str | None:
 
 
 def main() -> None:
-    asyncio.run(build(OrchestratorSettings()).run())
+    run_process(build(OrchestratorSettings()))
 
 
 if __name__ == "__main__":

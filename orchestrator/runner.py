@@ -8,14 +8,14 @@ is sent twice by a race and no timer fires twice.
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from contracts.orders import OrderOutcome, OrderRejected
 from contracts.registry import BY_NAME
-from orchestrator import metrics
+from orchestrator import metrics, saga_clock
 from orchestrator.definition import Workflow
 from orchestrator.engine import Context, decide
 from orchestrator.state import Decision, Event, SagaState, Started
@@ -134,7 +134,10 @@ class Runner:
                     timer.kind,
                     timer.dueAt,
                 )
-        if any(t is not None for t in decision.timers.values()):
+        # The timer loop wakes at least every heartbeat anyway: only a timer due sooner than that (a short
+        # retry wait) needs to wake it, and a step timeout of 30 s does not cost a NOTIFY per transition.
+        soon = self.clock() + timedelta(seconds=saga_clock.HEARTBEAT_SECONDS)
+        if any(t is not None and t.dueAt <= soon for t in decision.timers.values()):
             await conn.execute("SELECT pg_notify($1, '')", TIMER_CHANNEL)
         for command in decision.commands:
             model = BY_NAME[command.resource.split(".", 1)[1]].model

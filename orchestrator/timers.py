@@ -11,6 +11,7 @@ fires, so with several replicas each timer fires once.
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -42,6 +43,7 @@ class TimerLoop:
         self._wake.set()
 
     async def run(self) -> None:
+        ticked = -float("inf")
         while True:
             listener: asyncpg.Connection | None = None
             try:
@@ -50,8 +52,11 @@ class TimerLoop:
                 while True:
                     self._wake.clear()
                     if self.broker_up():
-                        async with self.pool.acquire() as conn:
-                            await saga_clock.tick(conn)
+                        # One heartbeat per HEARTBEAT_SECONDS is enough, however often NOTIFY wakes the loop.
+                        if time.monotonic() - ticked >= saga_clock.HEARTBEAT_SECONDS / 2:
+                            async with self.pool.acquire() as conn:
+                                await saga_clock.tick(conn)
+                            ticked = time.monotonic()
                         await self.fire_due()
                     sleep = await self._seconds_to_next()
                     with contextlib.suppress(TimeoutError):

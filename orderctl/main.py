@@ -18,6 +18,7 @@ from orderctl.config import SERVICES, CtlSettings
 from orderctl.demo import run_demo, steps_taken
 from orderctl.provision import migrate_all
 from orderctl.supervisor import Supervisor, children
+from plumbing import outbox
 from plumbing.db import connect
 from services.inventory import repository as inventory_repo
 
@@ -152,6 +153,7 @@ async def cmd_redrive(settings: CtlSettings, args: argparse.Namespace) -> int:
                 return 2
             runner = Runner(definition.load(Path(args.workflow_file)))
             decision = await runner.apply(conn, args.order_id, Redriven(), causation_id=None)
+            await outbox.announce(conn)  # the orchestrator's relay publishes the commands this wrote
     finally:
         await conn.close()
     assert decision is not None

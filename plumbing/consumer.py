@@ -259,6 +259,8 @@ class Consumer:
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
                     await self.on_reject(conn, message, reason)
+                if self.on_committed is not None:
+                    self.on_committed()  # the hook's outbox rows (order.rejected) go out now
             except Exception:
                 log.exception("reject hook failed")
         metrics.DEAD_LETTERED.labels(self.queue_name, kind).inc()

@@ -12,8 +12,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _release_as_is(conn: asyncpg.Connection) -> None:
+    """Return a connection to the pool without asyncpg's reset query (pg_advisory_unlock_all, CLOSE ALL,
+    UNLISTEN *, RESET ALL): one round trip and one transaction per handled message, undoing what our code
+    never does on a pooled connection. Our advisory locks are transaction-scoped, we open no cursors outside
+    transactions, set nothing for the session, and the listeners remove themselves (UNLISTEN) before they
+    release. asyncpg still rolls back a transaction left open and forgets the listeners."""
+
+
 async def create_pool(dsn: str, *, size: int = 8) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=_init_connection, command_timeout=30)
+    pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=size, init=_init_connection, reset=_release_as_is, command_timeout=30
+    )
     assert pool is not None
     return pool
 

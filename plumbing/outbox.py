@@ -1,9 +1,11 @@
 """Transactional outbox: write messages with the state change, publish them after commit.
 
-``enqueue`` runs inside the caller's transaction. The ``OutboxRelay`` wakes on
-a PostgreSQL NOTIFY sent by that transaction's commit (or on a local nudge),
-publishes pending rows in id order with publisher confirms, and deletes what
-the broker confirmed. Rows are locked with SKIP LOCKED, so relays of several
+``enqueue`` runs inside the caller's transaction. The ``OutboxRelay`` of the
+writing process is nudged after the commit (the consumer, the timer loop and the
+webhook handler do it); a writer in another process (``orderctl redrive``) calls
+``announce`` in its transaction, whose commit sends the NOTIFY the relays listen
+for. The relay publishes pending rows in id order with pipelined publisher
+confirms, and deletes what the broker confirmed. Rows are locked with SKIP LOCKED, so relays of several
 replicas share the work without publishing a row twice.
 """
 
@@ -45,6 +47,11 @@ async def enqueue(
         envelope.model_dump(mode="json"),
         payload.model_dump_json(by_alias=True).encode(),
     )
+
+
+async def announce(conn: asyncpg.Connection) -> None:
+    """Wake the relays when this transaction commits: for a writer whose own process runs no relay to nudge.
+    (A NOTIFY per message would serialize every commit on PostgreSQL's notification queue lock.)"""
     await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
 
 
@@ -67,10 +74,11 @@ class OutboxRelay:
             try:
                 await self._listen()
                 while True:
-                    published = await self.publish_pending()
-                    if published:
-                        continue
+                    # Clear before reading: a commit nudging while this batch is out sets it again, so no row
+                    # waits for the safety wake, and a batch that was not full needs no second, empty read.
                     self._wake.clear()
+                    if await self.publish_pending() == _BATCH:
+                        continue
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), _SAFETY_WAKE_SECONDS)
                     await self._check_listener()
@@ -92,15 +100,25 @@ class OutboxRelay:
             if not rows:
                 await self.observe_backlog(conn)
                 return 0
+            # Confirms are pipelined: every row of the batch is published before the first confirm is awaited
+            # (the channel keeps their order), and the rows are deleted only once the broker confirmed them all.
+            # If one fails, the transaction rolls back and the batch is published again: the inboxes absorb the
+            # copies that had been confirmed.
+            confirms = []
             for row in rows:
                 envelope = Envelope.model_validate(row["envelope"])
                 with tracing.restored(envelope.trace):
                     for _ in range(self.copies):
-                        await self.broker.publish(
-                            row["exchange"], row["routing_key"], envelope.to_amqp(bytes(row["body"]))
+                        message = envelope.to_amqp(bytes(row["body"]))
+                        confirms.append(
+                            asyncio.ensure_future(self.broker.publish(row["exchange"], row["routing_key"], message))
                         )
+            results = await asyncio.gather(*confirms, return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is not None:
+                raise failed
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
-            await self.observe_backlog(conn)
+        # The backlog gauges are read when the outbox is found empty and at every scrape, not per batch.
         return len(rows)
 
     async def observe_backlog(self, conn: asyncpg.Connection) -> None:
@@ -137,4 +155,4 @@ class OutboxRelay:
         await self._close_listener()
 
 
-__all__ = ["OutboxRelay", "enqueue"]
+__all__ = ["OutboxRelay", "announce", "enqueue"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import uvloop
 from aiohttp import web
 
 from plumbing import metrics
@@ -166,6 +167,14 @@ async def _create_pool_with_retry(settings: ProcessSettings) -> asyncpg.Pool:
             log.warning("database not reachable, retrying", extra={"fields": {"error": str(exc)}})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+def run_process(process: Process) -> None:
+    """A process's main: run it on the event loop its settings choose, until SIGTERM."""
+    if process.settings.event_loop == "uvloop":
+        uvloop.run(process.run())
+    else:
+        asyncio.run(process.run())
 
 
 def command_process(name: str, settings: ProcessSettings, routes: dict[str, Route]) -> Process:

@@ -4,6 +4,8 @@ The variable names are the ones the Kubernetes manifests set; the defaults work
 against the local RabbitMQ and PostgreSQL of a development machine.
 """
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -34,6 +36,11 @@ class ProcessSettings(BaseSettings):
         6, ge=2, description="Connections per process; PostgreSQL's max_connections bounds the sum over replicas."
     )
     log_level: str = "INFO"
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="uvloop (libuv) runs the same asyncio code with less CPU per message; asyncio is "
+        "the standard library's loop.",
+    )
     drain_seconds: float = Field(20.0, description="Bound on graceful shutdown after SIGTERM.")
     otel_exporter_otlp_endpoint: str | None = Field(
         None, description="OpenTelemetry collector (OTLP/HTTP); tracing exports nothing when unset."

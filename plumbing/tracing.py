@@ -42,20 +42,23 @@ class JsonLinesSpanExporter(SpanExporter):
 
 
 def setup_tracing(service: str, *, otlp_endpoint: str | None, trace_file: str | None) -> None:
-    """Instrument aio-pika and asyncpg; export spans only when an endpoint or a file is configured."""
-    if otlp_endpoint or trace_file:
-        provider = TracerProvider(resource=Resource.create({"service.name": f"orderflow-{service}"}))
-        if otlp_endpoint:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    """Instrument aio-pika and asyncpg and export spans, when an endpoint or a file is configured.
 
-            provider.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces"))
-            )
-        if trace_file:
-            provider.add_span_processor(
-                BatchSpanProcessor(JsonLinesSpanExporter(trace_file), schedule_delay_millis=200)
-            )
-        trace.set_tracer_provider(provider)
+    Without either, nothing is instrumented: wrapping every query and every message in a span nobody
+    records cost about 4 % of a saga's CPU (bench.load). Tracing is then on for every process or for none,
+    which is how a deployment configures it (one collector endpoint for all)."""
+    if not (otlp_endpoint or trace_file):
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": f"orderflow-{service}"}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces"))
+        )
+    if trace_file:
+        provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(trace_file), schedule_delay_millis=200))
+    trace.set_tracer_provider(provider)
     AioPikaInstrumentor().instrument()
     AsyncPGInstrumentor().instrument()
 

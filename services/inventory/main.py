@@ -1,6 +1,5 @@
 """The inventory process."""
 
-import asyncio
 from pathlib import Path
 
 import asyncpg
@@ -10,7 +9,7 @@ from contracts.inventory import CheckInventory, ReleaseInventory, ReserveInvento
 from contracts.orders import OrderOutcome
 from plumbing.commands import command_route
 from plumbing.consumer import Route
-from plumbing.process import Process, QueueSpec, command_process, service_migrations
+from plumbing.process import Process, QueueSpec, command_process, run_process, service_migrations
 from plumbing.settings import ProcessSettings
 from plumbing.topology import EVENTS_EXCHANGE, q_name
 from services.inventory import handlers, maintenance
@@ -65,7 +64,7 @@ def build(settings: InventorySettings) -> Process:
 
 
 def main() -> None:
-    asyncio.run(build(InventorySettings()).run())
+    run_process(build(InventorySettings()))
 
 
 if __name__ == "__main__":

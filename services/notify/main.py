@@ -1,6 +1,5 @@
 """The notify process."""
 
-import asyncio
 from pathlib import Path
 from typing import Literal
 
@@ -9,7 +8,7 @@ from pydantic import Field, SecretStr
 from contracts.notify import NotifyCustomer
 from plumbing.commands import command_route
 from plumbing.db import create_pool
-from plumbing.process import Process, command_process, service_migrations
+from plumbing.process import Process, command_process, run_process, service_migrations
 from plumbing.settings import ProcessSettings
 from services.notify.handlers import NotifyHandlers
 from services.notify.sms import LoggingSmsProvider, SmsProvider, TwilioSmsProvider
@@ -66,7 +65,9 @@ def build(settings: NotifySettings) -> Process:
         # of their own, or PREFETCH deliveries could take every connection and wait on each other for ever.
         claims = await create_pool(settings.database_url, size=settings.prefetch + 1)
         proc.cleanup.append(claims.close)
-        handlers = NotifyHandlers(pool=claims, sms=sms_provider(settings), smtp=smtp, sender=settings.mail_from)
+        sms = sms_provider(settings)
+        proc.cleanup.append(sms.close)
+        handlers = NotifyHandlers(pool=claims, sms=sms, smtp=smtp, sender=settings.mail_from)
         proc.queues[0].routes["NotifyCustomer"] = command_route(NotifyCustomer, handlers.notify_customer)
 
     process.on_start = wire
@@ -74,7 +75,7 @@ def build(settings: NotifySettings) -> Process:
 
 
 def main() -> None:
-    asyncio.run(build(NotifySettings()).run())
+    run_process(build(NotifySettings()))
 
 
 if __name__ == "__main__":

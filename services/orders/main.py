@@ -1,11 +1,10 @@
 """The orders process."""
 
-import asyncio
 from pathlib import Path
 
 from contracts.records import CreateOrderRecord
 from plumbing.commands import command_route
-from plumbing.process import Process, command_process, service_migrations
+from plumbing.process import Process, command_process, run_process, service_migrations
 from plumbing.settings import ProcessSettings
 from services.orders import handlers
 
@@ -25,7 +24,7 @@ def build(settings: OrdersSettings) -> Process:
 
 
 def main() -> None:
-    asyncio.run(build(OrdersSettings()).run())
+    run_process(build(OrdersSettings()))
 
 
 if __name__ == "__main__":

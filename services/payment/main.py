@@ -1,6 +1,5 @@
 """The payment process."""
 
-import asyncio
 from pathlib import Path
 
 import asyncpg
@@ -9,7 +8,7 @@ from pydantic import Field, SecretStr
 
 from contracts.payment import ProcessPayment, RefundPayment
 from plumbing.commands import command_route
-from plumbing.process import Process, command_process, service_migrations
+from plumbing.process import Process, command_process, run_process, service_migrations
 from plumbing.settings import ProcessSettings
 from services.payment.handlers import PaymentHandlers
 from services.payment.stripe_gateway import StripeGateway
@@ -63,7 +62,7 @@ def build(settings: PaymentSettings) -> Process:
 
 
 def main() -> None:
-    asyncio.run(build(PaymentSettings()).run())
+    run_process(build(PaymentSettings()))
 
 
 if __name__ == "__main__":
