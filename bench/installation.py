@@ -109,9 +109,12 @@ async def floor_or_none(amqp_url: str, admin_dsn: str, seconds: float) -> Floor 
 
 
 @contextlib.asynccontextmanager
-async def private(*, tmp: Path, floor_seconds: float, keep: bool) -> AsyncIterator[Installation]:
+async def private(
+    *, tmp: Path, floor_seconds: float, keep: bool, extra_env: dict[str, dict[str, str]] | None = None
+) -> AsyncIterator[Installation]:
     """Build a private installation; on exit (error and Ctrl-C included) stop every process, then drop the
-    databases and the vhost unless ``keep``."""
+    databases and the vhost unless ``keep``. ``extra_env`` adds environment to the processes it names (for
+    example ``{"orchestrator": {"WORKFLOW_FILE": ...}}``), over what the run sets itself."""
     async with contextlib.AsyncExitStack() as cleanup:
         amqp_url = await asyncio.to_thread(create_vhost, "orderflow-bench")
         removals = contextlib.AsyncExitStack()
@@ -124,9 +127,11 @@ async def private(*, tmp: Path, floor_seconds: float, keep: bool) -> AsyncIterat
         await create_databases(settings)
         # The record_error path: the orders process answers CreateOrderRecord with OrderRecordError for order
         # ids with the suffix, as the tests' shared stack does (tests/conftest.py).
-        extra_env = {"orders": {"FAULTS": json.dumps([RECORD_ERROR_FAULT])}}
+        env = {"orders": {"FAULTS": json.dumps([RECORD_ERROR_FAULT])}}
+        for name, values in (extra_env or {}).items():
+            env[name] = {**env.get(name, {}), **values}
         print(f"starting a private installation (logs in {tmp / 'log'}) ...", file=sys.stderr)
-        stack = await cleanup.enter_async_context(running(settings, stack_children(settings, extra_env), tmp / "log"))
+        stack = await cleanup.enter_async_context(running(settings, stack_children(settings, env), tmp / "log"))
         await seed(settings, catalog())
         yield Installation(settings, stack, floor)
 

@@ -19,10 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import shutil
-import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +31,7 @@ import asyncpg
 from tqdm import tqdm
 
 from bench import installation
+from bench.cli import main_of
 from bench.counters import (
     CommitReading,
     agreed,
@@ -273,37 +271,21 @@ def exit_code(report: Report) -> int:
     return 0
 
 
-async def run(args: argparse.Namespace) -> int:
-    # SIGTERM cleans up as Ctrl-C does: the main task is cancelled and every finally block runs.
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    run_id = uuid.uuid4().hex[:6]
-    tmp = Path(tempfile.mkdtemp(prefix=f"orderflow-bench-{run_id}-"))
-    code = 1
-    try:
-        async with chosen_installation(args, tmp) as inst:
-            report = await measure(args, inst, run_id)
-            if report is not None:
-                print(render(report))
-                if args.json:
-                    args.json.write_text(json.dumps(as_json(report), indent=2, default=str) + "\n")
-                code = exit_code(report)
-    finally:
-        if code == 0 and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"process logs are in {tmp / 'log'}", file=sys.stderr)
-    return code
+async def run(args: argparse.Namespace, tmp: Path, run_id: str) -> int:
+    async with chosen_installation(args, tmp) as inst:
+        report = await measure(args, inst, run_id)
+        if report is None:
+            return 1
+        print(render(report))
+        if args.json:
+            args.json.write_text(json.dumps(as_json(report), indent=2, default=str) + "\n")
+        return exit_code(report)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        sys.exit(asyncio.run(run(args)))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted: every process it started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_id = uuid.uuid4().hex[:6]
+    main_of(lambda tmp: run(args, tmp, run_id), prefix=f"orderflow-bench-{run_id}-", keep=args.keep)
 
 
 if __name__ == "__main__":
