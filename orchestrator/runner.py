@@ -1,8 +1,10 @@
 """Apply the engine's decisions: saga row, history, timers and outbox rows in one transaction.
 
-Every transition of one saga takes a transaction-scoped advisory lock on its
-order id first, so replicas of the orchestrator serialize per saga: no command
-is sent twice by a race and no timer fires twice.
+Every transition of one saga locks its saga row first (SELECT ... FOR UPDATE,
+which also reads the row, in one round trip), so replicas of the orchestrator
+serialize per saga: no command is sent twice by a race and no timer fires
+twice. Starting a saga, when there is no row to lock yet, takes a
+transaction-scoped advisory lock on the order id instead.
 """
 
 import hashlib
@@ -82,8 +84,7 @@ class Runner:
         self, conn: asyncpg.Connection, order_id: str, event: Event, *, causation_id: str | None
     ) -> Decision | None:
         """Apply a reply or a timer to a running saga; None when the saga does not exist."""
-        await _lock(conn, order_id)
-        row = await conn.fetchrow("SELECT state, created_at FROM saga WHERE order_id = $1", order_id)
+        row = await lock_saga(conn, order_id)
         if row is None:
             return None
         before = SagaState.model_validate(row["state"])
@@ -177,6 +178,12 @@ async def _had_retry(conn: asyncpg.Connection, order_id: str) -> bool:
     """Whether the saga's history (this decision's rows included) holds a retry: for orderflow_sagas_retried_total."""
     query = "SELECT EXISTS (SELECT 1 FROM saga_history WHERE order_id = $1 AND event = 'RetryScheduled')"
     return bool(await conn.fetchval(query, order_id))
+
+
+async def lock_saga(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record | None:
+    """Lock the saga's row until the transaction ends and read it; None when there is no such saga. Whoever
+    changes a saga or its timers takes this lock first, so locks are always taken in the same order."""
+    return await conn.fetchrow("SELECT state, created_at FROM saga WHERE order_id = $1 FOR UPDATE", order_id)
 
 
 async def _lock(conn: asyncpg.Connection, order_id: str) -> None:

@@ -18,7 +18,7 @@ from datetime import timedelta
 import asyncpg
 
 from orchestrator import saga_clock
-from orchestrator.runner import TIMER_CHANNEL, Runner
+from orchestrator.runner import TIMER_CHANNEL, Runner, lock_saga
 from orchestrator.state import TimerFired
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,10 @@ class TimerLoop:
 
     async def _fire(self, order_id: str, lane: str, token: str) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", order_id)
+            # The saga's row lock first, as every transition takes it: a reply racing this timer then waits here,
+            # not on the timer row this transaction is about to delete (which would deadlock).
+            if await lock_saga(conn, order_id) is None:
+                return False
             deleted = await conn.fetchval(
                 "DELETE FROM saga_timer WHERE order_id = $1 AND lane = $2 AND token = $3 RETURNING 1",
                 order_id,
