@@ -1,5 +1,6 @@
 """Email through aiosmtplib: host, port, STARTTLS or TLS, and credentials from settings."""
 
+import ssl
 from email.message import EmailMessage
 
 import aiosmtplib
@@ -40,7 +41,12 @@ async def send(
     start_tls: bool,
     use_tls: bool,
     timeout: float,
+    local_hostname: str | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> None:
+    """Send one message on a connection of its own. ``local_hostname`` (the EHLO name) and ``tls_context`` are
+    worked out once per process by the caller: left to aiosmtplib, each send runs socket.getfqdn (a DNS
+    lookup) and builds an SSL context in a worker thread."""
     try:
         await aiosmtplib.send(
             message,
@@ -51,6 +57,8 @@ async def send(
             start_tls=start_tls,
             use_tls=use_tls,
             timeout=timeout,
+            local_hostname=local_hostname,
+            tls_context=tls_context,
         )
     except aiosmtplib.SMTPResponseException as exc:
         raise classify_smtp(exc.code, exc.message) from exc

@@ -1,5 +1,8 @@
 """The notify process."""
 
+import asyncio
+import socket
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +30,7 @@ class NotifySettings(ProcessSettings):
     smtp_starttls: bool = False
     smtp_tls: bool = False
     smtp_timeout_seconds: float = 10.0
+    smtp_local_hostname: str | None = Field(None, description="Name sent in EHLO; this host's FQDN when unset.")
     mail_from: str = Field("orders@orderflow.local", description="Sender of confirmation emails.")
     sms_provider: Literal["log", "twilio"] = Field("log", description="log: write SMS to the log (development).")
     twilio_base_url: str = "https://api.twilio.com"
@@ -58,12 +62,14 @@ def build(settings: NotifySettings) -> Process:
         "start_tls": settings.smtp_starttls,
         "use_tls": settings.smtp_tls,
         "timeout": settings.smtp_timeout_seconds,
+        "tls_context": ssl.create_default_context() if settings.smtp_starttls or settings.smtp_tls else None,
     }
 
     async def wire(proc: Process) -> None:
         # Claims commit on their own connections while each delivery holds one for its transaction: a pool
         # of their own, or PREFETCH deliveries could take every connection and wait on each other for ever.
         claims = await create_pool(settings.database_url, size=settings.prefetch + 1)
+        smtp["local_hostname"] = settings.smtp_local_hostname or await asyncio.to_thread(socket.getfqdn)
         proc.cleanup.append(claims.close)
         sms = sms_provider(settings)
         proc.cleanup.append(sms.close)
