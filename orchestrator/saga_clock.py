@@ -38,9 +38,13 @@ async def tick(conn: asyncpg.Connection) -> float:
         if paused:
             # A timer armed during the gap (a redrive from orderctl, a handler finishing as the broker went)
             # is pushed back by the part of the gap it lived through; one armed before it, by all of it.
+            # A timer row locked right now belongs to a transition in progress, which sets its saga's timers
+            # afresh: skipping it (SKIP LOCKED) means this never waits on a transition, so never deadlocks
+            # with one that changes two lanes.
             moved = await conn.execute(
-                """UPDATE saga_timer SET due_at = due_at + LEAST($2::interval, now() - armed_at)
-                   WHERE due_at > $1""",
+                """UPDATE saga_timer t SET due_at = t.due_at + LEAST($2::interval, now() - t.armed_at)
+                   FROM (SELECT order_id, lane FROM saga_timer WHERE due_at > $1 FOR UPDATE SKIP LOCKED) pending
+                   WHERE t.order_id = pending.order_id AND t.lane = pending.lane""",
                 row["heartbeat_at"],
                 paused,
             )
