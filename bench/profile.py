@@ -103,8 +103,13 @@ def summarize(name: str, path: Path, top: int = 12) -> ProcessProfile:
         self_time[_function(frames[-1])] += count
         own = next((f for f in reversed(frames) if _is_own(f)), None)
         own_time[_function(own) if own else "(no frame of ours)"] += count
-    share = lambda c: [(fn, round(100 * n / total, 1)) for fn, n in c.most_common(top)]  # noqa: E731
-    return ProcessProfile(name, total, share(self_time) if total else [], share(own_time) if total else [])
+    if not total:
+        return ProcessProfile(name, 0)
+
+    def shares(counts: Counter[str]) -> list[tuple[str, float]]:
+        return [(fn, round(100 * n / total, 1)) for fn, n in counts.most_common(top)]
+
+    return ProcessProfile(name, total, shares(self_time), shares(own_time))
 
 
 def render(profiles: list[ProcessProfile], out_dir: Path) -> str:

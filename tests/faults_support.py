@@ -20,6 +20,7 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from harness import (
     ADMIN_DSN,
@@ -260,9 +261,12 @@ async def handled_ids(stack: Stack, service: str, message_ids: list[str]) -> set
 
 # -- a stack of its own --------------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def private_stack(tmp: Path, extra_env: dict[str, dict[str, str]] | None = None) -> AsyncIterator[Stack]:
+async def private_stack(
+    tmp: Path, extra_env: dict[str, dict[str, str]] | None = None, *, request: pytest.FixtureRequest | None = None
+) -> AsyncIterator[Stack]:
     """Every process on a vhost and databases of its own, for tests that stop servers or processes and so
-    must not share the session's stack."""
+    must not share the session's stack. Given the fixture's ``request``, a test that failed while the stack
+    ran gets the processes' last log lines printed."""
     with fresh_vhost() as amqp_url:
         settings = settings_for(amqp_url, tmp=tmp)
         await create_databases(settings)
@@ -272,7 +276,10 @@ async def private_stack(tmp: Path, extra_env: dict[str, dict[str, str]] | None =
             await supervisor.start()
             await wait_ready(stack)
             await consuming(stack)
+            failed = request.session.testsfailed if request is not None else 0
             yield stack
+            if request is not None and request.session.testsfailed > failed:
+                print_logs(stack)
         finally:
             await supervisor.stop()
             await drop_databases(settings)

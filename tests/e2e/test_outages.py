@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aio_pika
 import pytest
@@ -29,7 +30,6 @@ from faults_support import (
     database_stopped,
     failed_attempts,
     outbox_rows,
-    print_logs,
     private_stack,
     probe_all,
     publish_orders,
@@ -53,11 +53,8 @@ ORDERS_DURING = 8
 
 @pytest.fixture(scope="module")
 async def own_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    async with private_stack(tmp_path_factory.mktemp("outages")) as stack:
-        failed = request.session.testsfailed
+    async with private_stack(tmp_path_factory.mktemp("outages"), request=request) as stack:
         yield stack
-        if request.session.testsfailed > failed:
-            print_logs(stack)
 
 
 def restarts(stack: Stack) -> dict[str, int]:
@@ -89,87 +86,104 @@ async def check_every_order_confirmed_once(stack: Stack, sku: str, stock: int, o
     return took
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """Orders of one outage test: those sent before it (in flight when it begins) and those sent during it."""
+
+    sku: str
+    stock: int
+    before: list[dict]
+    during: list[dict]
+    restarted: dict[str, int]
+
+    @property
+    def order_ids(self) -> list[str]:
+        return [o["orderId"] for o in self.before + self.during]
+
+
+async def orders_in_flight(stack: Stack, price: str) -> InFlight:
+    """Send the orders of 'before' and return once one of them waits on ProcessPayment: Stripe answers those
+    payments in the middle of the outage, so their replies wait in the payment outbox."""
+    sku = new_id("sku-")
+    stock = 100
+    await seed(stack, {sku: (stock, price)})
+    before = [order_body(new_id(), [(sku, 1)]) for _ in range(ORDERS_BEFORE)]
+    during = [order_body(new_id(), [(sku, 1)]) for _ in range(ORDERS_DURING)]
+    orders = InFlight(sku, stock, before, during, restarts(stack))
+    await add_stripe_fault(stack, delay_ms=5000, count=ORDERS_BEFORE, method="POST", path_prefix="/v1/payment_intents")
+    await publish_now(stack, before)
+    await wait_for_step(stack, orders.order_ids, "ProcessPayment")
+    return orders
+
+
+async def unready_but_alive(stack: Stack, check: str, stopped_at: float) -> float:
+    """Every /readyz answers 503 with ``check`` false, every /healthz 200 (unready, not dead: every process
+    stays up through the outage); returns how long after the stop readiness turned."""
+    unready = await all_unready(stack, timeout=15)
+    unready_after = time.monotonic() - stopped_at
+    assert all(body and body["checks"][check] is False for _, body in unready.values()), unready
+    alive = await probe_all(stack, "/healthz")
+    assert all(status == 200 for status, _ in alive.values()), alive
+    return unready_after
+
+
+async def sit_out(stopped_at: float) -> None:
+    await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped_at)))  # the outage itself
+
+
+async def ready_again(stack: Stack) -> tuple[float, float]:
+    """Right after the server is back: (when it came back, how long until every /readyz answered 200)."""
+    back_at = time.monotonic()
+    await all_ready(stack, timeout=60)
+    return back_at, time.monotonic() - back_at
+
+
+async def all_confirmed(
+    stack: Stack, orders: InFlight, server: str, stopped_at: float, unready_after: float, ready: tuple[float, float]
+) -> None:
+    """Every order CONFIRMED once and no process restarted; prints the outage's figures."""
+    back_at, ready_after = ready
+    took = await check_every_order_confirmed_once(stack, orders.sku, orders.stock, orders.order_ids)
+    assert restarts(stack) == orders.restarted, "a process was restarted instead of reconnecting by itself"
+    print(
+        f"\n{server} outage of {back_at - stopped_at:.1f}s: every /readyz 503 after {unready_after:.1f}s, "
+        f"200 again {ready_after:.1f}s after the {server} was back; {len(orders.order_ids)} orders CONFIRMED "
+        f"{took:.1f}s after that; slowest:\n{await slowest_timelines(stack, orders.order_ids)}"
+    )
+
+
 async def test_orders_before_and_during_a_broker_outage_all_complete(
     own_stack: Stack, request: pytest.FixtureRequest
 ) -> None:
     stack = own_stack
-    sku = new_id("sku-")
-    stock = 100
-    await seed(stack, {sku: (stock, "2.00")})
-    before = [order_body(new_id(), [(sku, 1)]) for _ in range(ORDERS_BEFORE)]
-    during = [order_body(new_id(), [(sku, 1)]) for _ in range(ORDERS_DURING)]
-    order_ids = [o["orderId"] for o in before + during]
-    restarted = restarts(stack)
-
-    # Payments in flight when the broker goes: Stripe answers them in the middle of the outage, so their
-    # replies wait in the payment outbox and their acknowledgements find no channel.
-    await add_stripe_fault(stack, delay_ms=5000, count=ORDERS_BEFORE, method="POST", path_prefix="/v1/payment_intents")
-    await publish_now(stack, before)
-    await wait_for_step(stack, order_ids, "ProcessPayment")
+    # The acknowledgements of the payments in flight find no channel.
+    orders = await orders_in_flight(stack, "2.00")
 
     stopped_at = time.monotonic()
     async with broker_stopped(stack.settings.amqp_url):
-        client = asyncio.create_task(publish_orders_when_possible(stack.settings.amqp_url, during, timeout=180))
+        client = asyncio.create_task(publish_orders_when_possible(stack.settings.amqp_url, orders.during, timeout=180))
         request.addfinalizer(client.cancel)
-        unready = await all_unready(stack, timeout=15)
-        unready_after = time.monotonic() - stopped_at
-        assert all(body and body["checks"]["broker"] is False for _, body in unready.values()), unready
-        # Unready, not dead: every process stays up through the outage.
-        alive = await probe_all(stack, "/healthz")
-        assert all(status == 200 for status, _ in alive.values()), alive
+        unready_after = await unready_but_alive(stack, "broker", stopped_at)
         assert not client.done(), "a client published while the broker was away"
-        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped_at)))  # the outage itself
-    back_at = time.monotonic()
+        await sit_out(stopped_at)
+    ready = await ready_again(stack)
 
-    await all_ready(stack, timeout=60)
-    ready_after = time.monotonic() - back_at
     published_at = await client
-    assert published_at >= back_at - 1, "the orders of the outage went out only once the broker was back"
-    took = await check_every_order_confirmed_once(stack, sku, stock, order_ids)
-    assert restarts(stack) == restarted, "a process was restarted instead of reconnecting by itself"
-    print(
-        f"\nbroker outage of {back_at - stopped_at:.1f}s: every /readyz 503 after {unready_after:.1f}s, "
-        f"200 again {ready_after:.1f}s after the broker was back; {len(order_ids)} orders CONFIRMED "
-        f"{took:.1f}s after that; slowest:\n{await slowest_timelines(stack, order_ids)}"
-    )
+    assert published_at >= ready[0] - 1, "the orders of the outage went out only once the broker was back"
+    await all_confirmed(stack, orders, "broker", stopped_at, unready_after, ready)
 
 
 async def test_orders_before_and_during_a_database_outage_all_complete(own_stack: Stack) -> None:
     stack = own_stack
-    sku = new_id("sku-")
-    stock = 100
-    await seed(stack, {sku: (stock, "3.00")})
-    before = [order_body(new_id(), [(sku, 1)]) for _ in range(ORDERS_BEFORE)]
-    during = [order_body(new_id(), [(sku, 1)]) for _ in range(ORDERS_DURING)]
-    order_ids = [o["orderId"] for o in before + during]
-    restarted = restarts(stack)
-
-    # Payments in flight when the database goes: Stripe answers them while it is away.
-    await add_stripe_fault(stack, delay_ms=5000, count=ORDERS_BEFORE, method="POST", path_prefix="/v1/payment_intents")
-    await publish_now(stack, before)
-    await wait_for_step(stack, order_ids, "ProcessPayment")
+    orders = await orders_in_flight(stack, "3.00")
 
     stopped_at = time.monotonic()
     async with database_stopped():
         # The broker is up: orders submitted during a database outage are published at once.
-        await publish_now(stack, during)
-        unready = await all_unready(stack, timeout=15)
-        unready_after = time.monotonic() - stopped_at
-        assert all(body and body["checks"]["database"] is False for _, body in unready.values()), unready
-        alive = await probe_all(stack, "/healthz")
-        assert all(status == 200 for status, _ in alive.values()), alive
-        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped_at)))  # the outage itself
-    back_at = time.monotonic()
-
-    await all_ready(stack, timeout=60)
-    ready_after = time.monotonic() - back_at
-    took = await check_every_order_confirmed_once(stack, sku, stock, order_ids)
-    assert restarts(stack) == restarted, "a process was restarted instead of reconnecting by itself"
-    print(
-        f"\ndatabase outage of {back_at - stopped_at:.1f}s: every /readyz 503 after {unready_after:.1f}s, "
-        f"200 again {ready_after:.1f}s after the database was back; {len(order_ids)} orders CONFIRMED "
-        f"{took:.1f}s after that; slowest:\n{await slowest_timelines(stack, order_ids)}"
-    )
+        await publish_now(stack, orders.during)
+        unready_after = await unready_but_alive(stack, "database", stopped_at)
+        await sit_out(stopped_at)
+    await all_confirmed(stack, orders, "database", stopped_at, unready_after, await ready_again(stack))
 
 
 @pytest.mark.parametrize("queue", ["inventory.commands", "payment.commands", "orders.commands", "notify.commands"])

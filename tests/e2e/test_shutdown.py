@@ -19,7 +19,6 @@ from faults_support import (
     charges_per_order,
     failed_attempts,
     outbox_rows,
-    print_logs,
     private_stack,
     publish_orders,
     readyz,
@@ -45,11 +44,8 @@ async def own_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fi
     # second connection for its claims): test_outages' backlog test shows that; here it would only hide what
     # these tests look at, so notify gets room for a full prefetch.
     extra_env["notify"]["DB_POOL_SIZE"] = "40"
-    async with private_stack(tmp_path_factory.mktemp("shutdown"), extra_env) as stack:
-        failed = request.session.testsfailed
+    async with private_stack(tmp_path_factory.mktemp("shutdown"), extra_env, request=request) as stack:
         yield stack
-        if request.session.testsfailed > failed:
-            print_logs(stack)
 
 
 async def submit(stack: Stack, orders: list[dict]) -> None:
