@@ -5,6 +5,7 @@ whose earlier send has an unknown outcome, is not sent again; only a channel
 that failed is tried again.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +43,16 @@ class NotifyHandlers:
 
     async def notify_customer(self, ctx: MessageContext, command: NotifyCustomer) -> CustomerNotified:
         """Send every channel; if one failed, answer with its error (a throttle is retried by the definition)."""
-        outcomes = [await self._channel(command, "email", self._send_email)]
+        channels = [self._channel(command, "email", self._send_email)]
         if command.customer.phone:
-            outcomes.append(await self._channel(command, "sms", self._send_sms))
+            channels.append(self._channel(command, "sms", self._send_sms))
+        # The channels are independent (each claims and records its own row on its own connection), so they
+        # run side by side. Both finish, and record their outcome, before an unexpected error is raised.
+        finished = await asyncio.gather(*channels, return_exceptions=True)
+        crashed = next((f for f in finished if isinstance(f, BaseException)), None)
+        if crashed is not None:
+            raise crashed
+        outcomes = [f for f in finished if not isinstance(f, BaseException)]
         for result, _ in outcomes:
             NOTIFICATIONS.labels(result.channel, result.status).inc()
         errors = [error for _, error in outcomes if error is not None]
