@@ -3,8 +3,11 @@
 Every transition of one saga locks its saga row first (SELECT ... FOR UPDATE,
 which also reads the row, in one round trip), so replicas of the orchestrator
 serialize per saga: no command is sent twice by a race and no timer fires
-twice. Starting a saga, when there is no row to lock yet, takes a
-transaction-scoped advisory lock on the order id instead.
+twice. Starting a saga, when there is no row to lock yet, inserts it with ON
+CONFLICT DO NOTHING, which waits for a concurrent start of the same order.
+What a decision writes (the saga row, its history, its timers and its outbox
+rows) goes in one statement: one round trip per transition, however many
+rows it holds.
 """
 
 import hashlib
@@ -48,37 +51,19 @@ class Runner:
     async def start(self, conn: asyncpg.Connection, order: dict[str, Any], *, causation_id: str | None) -> str:
         """Start the saga of ``order`` unless it exists; returns 'started', 'duplicate' or 'conflict'."""
         order_id = order["orderId"]
-        await _lock(conn, order_id)
         digest = request_hash(order)
-        existing = await conn.fetchval("SELECT request_hash FROM saga WHERE order_id = $1", order_id)
-        if existing is not None:
-            if existing == digest:
-                return "duplicate"
-            await _publish(
-                conn,
-                EVENTS_EXCHANGE,
-                "order.rejected",
-                OrderRejected(
-                    orderId=order_id,
-                    reasons=["orderId already used by an order with different content"],
-                ),
-                order_id,
-                causation_id,
-            )
-            return "conflict"
         decision = decide(self.workflow, None, Started(input=order), self._ctx())
-        await conn.execute(
-            """INSERT INTO saga (order_id, status, current_state, state, request_hash)
-               VALUES ($1, $2, $3, $4, $5)""",
-            order_id,
-            decision.state.status,
-            decision.state.current_step(),
-            decision.state.model_dump(mode="json"),
-            digest,
-        )
-        await self._record(conn, order_id, decision, causation_id)
-        metrics.observe(decision, workflow=self.workflow, before=None, duration_seconds=None)
-        return "started"
+        messages = self._messages(order_id, decision, causation_id)
+        inserted, _ = await self._write(conn, _INSERT_SAGA, order_id, decision, messages, extra=[digest])
+        if inserted:
+            metrics.observe(decision, workflow=self.workflow, before=None, duration_seconds=None)
+            return "started"
+        existing = await conn.fetchval("SELECT request_hash FROM saga WHERE order_id = $1", order_id)
+        if existing == digest:
+            return "duplicate"
+        rejected = OrderRejected(orderId=order_id, reasons=["orderId already used by an order with different content"])
+        await outbox.enqueue_many(conn, [_event(order_id, "order.rejected", rejected, causation_id)])
+        return "conflict"
 
     async def apply(
         self, conn: asyncpg.Connection, order_id: str, event: Event, *, causation_id: str | None
@@ -89,57 +74,70 @@ class Runner:
             return None
         before = SagaState.model_validate(row["state"])
         decision = decide(self.workflow, before, event, self._ctx())
-        await conn.execute(
-            """UPDATE saga SET status = $2, current_state = $3, state = $4,
-                   version = version + 1, updated_at = now() WHERE order_id = $1""",
-            order_id,
-            decision.state.status,
-            decision.state.current_step(),
-            decision.state.model_dump(mode="json"),
-        )
-        await self._record(conn, order_id, decision, causation_id)
+        messages = self._messages(order_id, decision, causation_id)
         just_finished = decision.state.finished and not before.finished
         if just_finished:
-            await self._publish_outcome(conn, decision.state, causation_id)
+            messages.append(self._outcome(decision.state, causation_id))
+        _, retried = await self._write(conn, _UPDATE_SAGA, order_id, decision, messages, finished=just_finished)
         duration = (self.clock() - row["created_at"]).total_seconds() if just_finished else None
-        retried = just_finished and await _had_retry(conn, order_id)
-        metrics.observe(decision, workflow=self.workflow, before=before, duration_seconds=duration, retried=retried)
+        metrics.observe(
+            decision, workflow=self.workflow, before=before, duration_seconds=duration, retried=bool(retried)
+        )
         return decision
 
     def _ctx(self) -> Context:
         return Context(now=self.clock())
 
-    async def _record(
-        self, conn: asyncpg.Connection, order_id: str, decision: Decision, causation_id: str | None
-    ) -> None:
-        await conn.executemany(
-            """INSERT INTO saga_history (order_id, at, event, state, lane, attempt, command_id, error, cause, detail)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-            [
-                (order_id, h.at, h.event, h.state, h.lane, h.attempt, h.commandId, h.error, h.cause, h.detail)
-                for h in decision.history
-            ],
-        )
-        for lane, timer in decision.timers.items():
-            if timer is None:
-                await conn.execute("DELETE FROM saga_timer WHERE order_id = $1 AND lane = $2", order_id, lane)
-            else:
-                await conn.execute(
-                    """INSERT INTO saga_timer (order_id, lane, token, kind, due_at) VALUES ($1, $2, $3, $4, $5)
-                       ON CONFLICT (order_id, lane) DO UPDATE
-                       SET token = excluded.token, kind = excluded.kind, due_at = excluded.due_at,
-                           armed_at = now()""",
-                    order_id,
-                    lane,
-                    timer.token,
-                    timer.kind,
-                    timer.dueAt,
-                )
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        sql: str,
+        order_id: str,
+        decision: Decision,
+        messages: list[outbox.Outgoing],
+        *,
+        finished: bool = False,
+        extra: list[Any] | None = None,
+    ) -> tuple[bool, bool | None]:
+        """Write the saga row, and if that wrote a row its history, timers and messages, in one statement.
+        Returns whether the saga row was written and, for a saga that just finished, whether its history
+        (this decision's rows included) holds a retry (for orderflow_sagas_retried_total)."""
+        history = decision.history
+        armed = {lane: timer for lane, timer in decision.timers.items() if timer is not None}
         # The timer loop wakes at least every heartbeat anyway: only a timer due sooner than that (a short
         # retry wait) needs to wake it, and a step timeout of 30 s does not cost a NOTIFY per transition.
         soon = self.clock() + timedelta(seconds=saga_clock.HEARTBEAT_SECONDS)
-        if any(t is not None and t.dueAt <= soon for t in decision.timers.values()):
-            await conn.execute("SELECT pg_notify($1, '')", TIMER_CHANNEL)
+        state = decision.state
+        row = await conn.fetchrow(
+            sql,
+            order_id,
+            state.status,
+            state.current_step(),
+            state.model_dump(mode="json"),
+            finished,
+            any(h.event == "RetryScheduled" for h in history),
+            any(t.dueAt <= soon for t in armed.values()),
+            [h.at for h in history],
+            [h.event for h in history],
+            [h.state for h in history],
+            [h.lane for h in history],
+            [h.attempt for h in history],
+            [h.commandId for h in history],
+            [h.error for h in history],
+            [h.cause for h in history],
+            [h.detail for h in history],
+            [lane for lane, timer in decision.timers.items() if timer is None],
+            list(armed),
+            [t.token for t in armed.values()],
+            [t.kind for t in armed.values()],
+            [t.dueAt for t in armed.values()],
+            *outbox.columns(messages),
+            *(extra or []),
+        )
+        return row["written"], row["retried"]
+
+    def _messages(self, order_id: str, decision: Decision, causation_id: str | None) -> list[outbox.Outgoing]:
+        messages = []
         for command in decision.commands:
             model = BY_NAME[command.resource.split(".", 1)[1]].model
             envelope = Envelope(
@@ -150,15 +148,11 @@ class Runner:
                 attempt=command.attempt,
                 replyTo=REPLY_KEY,
             )
-            await outbox.enqueue(
-                conn,
-                exchange=COMMANDS_EXCHANGE,
-                routing_key=command.resource,
-                envelope=envelope,
-                payload=model.model_validate(command.payload),
-            )
+            payload = model.model_validate(command.payload)
+            messages.append(outbox.Outgoing(COMMANDS_EXCHANGE, command.resource, envelope, payload))
+        return messages
 
-    async def _publish_outcome(self, conn: asyncpg.Connection, saga: SagaState, causation_id: str | None) -> None:
+    def _outcome(self, saga: SagaState, causation_id: str | None) -> outbox.Outgoing:
         data = saga.main.data
         inventory = data.get("inventory") or {}
         confirmed = saga.status == "CONFIRMED"
@@ -171,13 +165,55 @@ class Runner:
             error=None if confirmed or saga.error is None else saga.error.model_dump(),
             notificationError=data.get("notificationError"),
         )
-        await _publish(conn, EVENTS_EXCHANGE, f"order.{saga.status.lower()}", outcome, saga.orderId, causation_id)
+        return _event(saga.orderId, f"order.{saga.status.lower()}", outcome, causation_id)
 
 
-async def _had_retry(conn: asyncpg.Connection, order_id: str) -> bool:
-    """Whether the saga's history (this decision's rows included) holds a retry: for orderflow_sagas_retried_total."""
-    query = "SELECT EXISTS (SELECT 1 FROM saga_history WHERE order_id = $1 AND event = 'RetryScheduled')"
-    return bool(await conn.fetchval(query, order_id))
+def _transition_sql(saga_write: str) -> str:
+    """A transition's one statement: ``saga_write`` (the saga row, RETURNING 1), then, only if it wrote a row,
+    the history rows, the timers cleared and armed, and the outbox rows. Parameters: $1 order id, $2 status,
+    $3 current state, $4 state document, $5 the saga just finished, $6 this decision schedules a retry, $7 a
+    timer is due within the heartbeat, $8-$16 history columns, $17 lanes whose timer is cleared, $18-$21
+    timers armed, $22-$26 outbox columns, then ``saga_write``'s own."""
+    written = "EXISTS (SELECT 1 FROM saga_row)"
+    return f"""
+WITH saga_row AS ({saga_write}),
+history AS (
+    INSERT INTO saga_history (order_id, at, event, state, lane, attempt, command_id, error, cause, detail)
+    SELECT $1::text, * FROM unnest($8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::int[],
+                                   $13::text[], $14::text[], $15::text[], $16::jsonb[])
+    WHERE {written}
+),
+cleared AS (
+    DELETE FROM saga_timer WHERE order_id = $1::text AND lane = ANY($17::text[]) AND {written}
+),
+armed AS (
+    INSERT INTO saga_timer (order_id, lane, token, kind, due_at)
+    SELECT $1::text, * FROM unnest($18::text[], $19::text[], $20::text[], $21::timestamptz[])
+    WHERE {written}
+    ON CONFLICT (order_id, lane) DO UPDATE
+    SET token = excluded.token, kind = excluded.kind, due_at = excluded.due_at, armed_at = now()
+),
+sent AS ({outbox.insert_sql(22, only_if=written)})
+SELECT {written} AS written,
+       -- Every statement of a WITH sees the history as it was before it: this decision's rows count apart.
+       CASE WHEN $5::bool THEN $6::bool OR EXISTS (
+           SELECT 1 FROM saga_history WHERE order_id = $1::text AND event = 'RetryScheduled') END AS retried,
+       CASE WHEN $7::bool AND {written} THEN pg_notify('{TIMER_CHANNEL}', '') END AS woken
+"""
+
+
+# A concurrent start of the same order makes ON CONFLICT DO NOTHING wait for it to end: exactly one start
+# writes the saga; the others then read the row it committed.
+_INSERT_SAGA = _transition_sql(
+    """INSERT INTO saga (order_id, status, current_state, state, request_hash)
+       VALUES ($1::text, $2::text, $3::text, $4::jsonb, $27::text)
+       ON CONFLICT (order_id) DO NOTHING RETURNING 1"""
+)
+_UPDATE_SAGA = _transition_sql(
+    """UPDATE saga SET status = $2::text, current_state = $3::text, state = $4::jsonb,
+           version = version + 1, updated_at = now()
+       WHERE order_id = $1::text RETURNING 1"""
+)
 
 
 async def lock_saga(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record | None:
@@ -186,17 +222,6 @@ async def lock_saga(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record |
     return await conn.fetchrow("SELECT state, created_at FROM saga WHERE order_id = $1 FOR UPDATE", order_id)
 
 
-async def _lock(conn: asyncpg.Connection, order_id: str) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", order_id)
-
-
-async def _publish(
-    conn: asyncpg.Connection,
-    exchange: str,
-    routing_key: str,
-    payload: Any,
-    order_id: str | None,
-    causation_id: str | None,
-) -> None:
-    envelope = Envelope(type=type(payload).__name__, correlationId=order_id or "", causationId=causation_id)
-    await outbox.enqueue(conn, exchange=exchange, routing_key=routing_key, envelope=envelope, payload=payload)
+def _event(order_id: str, routing_key: str, payload: Any, causation_id: str | None) -> outbox.Outgoing:
+    envelope = Envelope(type=type(payload).__name__, correlationId=order_id, causationId=causation_id)
+    return outbox.Outgoing(EVENTS_EXCHANGE, routing_key, envelope, payload)

@@ -12,6 +12,9 @@ replicas share the work without publishing a row twice.
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from pydantic import BaseModel
@@ -28,6 +31,47 @@ _BATCH = 200
 _SAFETY_WAKE_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for the outbox."""
+
+    exchange: str
+    routing_key: str
+    envelope: Envelope
+    payload: BaseModel
+
+
+def insert_sql(first: int = 1, *, only_if: str = "true") -> str:
+    """The outbox INSERT, reading its rows from five column arrays at parameters ``$first`` to ``$first + 4``
+    (``columns`` makes them), when the SQL condition ``only_if`` holds. A caller that writes its state change
+    in one statement puts this in a data-modifying WITH clause of that statement, so the state and its
+    messages cost one round trip."""
+    p = [f"${first + i}" for i in range(5)]
+    return f"""INSERT INTO outbox (message_id, exchange, routing_key, envelope, body)
+           SELECT * FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::jsonb[], {p[4]}::bytea[])
+           WHERE {only_if}
+           ON CONFLICT (message_id) DO NOTHING"""
+
+
+def columns(messages: Sequence[Outgoing]) -> list[list[Any]]:
+    """The parameters of ``insert_sql``: one array per column, in the messages' order (the relay's order)."""
+    trace = tracing.current_context()
+    envelopes = [m.envelope.model_copy(update={"trace": trace}) for m in messages]
+    return [
+        [e.messageId for e in envelopes],
+        [m.exchange for m in messages],
+        [m.routing_key for m in messages],
+        [e.model_dump(mode="json") for e in envelopes],
+        [m.payload.model_dump_json(by_alias=True).encode() for m in messages],
+    ]
+
+
+async def enqueue_many(conn: asyncpg.Connection, messages: Sequence[Outgoing]) -> None:
+    """Add messages to the outbox inside the caller's open transaction, in one statement."""
+    if messages:
+        await conn.execute(insert_sql(), *columns(messages))
+
+
 async def enqueue(
     conn: asyncpg.Connection,
     *,
@@ -37,16 +81,7 @@ async def enqueue(
     payload: BaseModel,
 ) -> None:
     """Add one message to the outbox inside the caller's open transaction."""
-    envelope = envelope.model_copy(update={"trace": tracing.current_context()})
-    await conn.execute(
-        """INSERT INTO outbox (message_id, exchange, routing_key, envelope, body)
-           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING""",
-        envelope.messageId,
-        exchange,
-        routing_key,
-        envelope.model_dump(mode="json"),
-        payload.model_dump_json(by_alias=True).encode(),
-    )
+    await enqueue_many(conn, [Outgoing(exchange, routing_key, envelope, payload)])
 
 
 async def announce(conn: asyncpg.Connection) -> None:
@@ -155,4 +190,4 @@ class OutboxRelay:
         await self._close_listener()
 
 
-__all__ = ["OutboxRelay", "announce", "enqueue"]
+__all__ = ["OutboxRelay", "Outgoing", "announce", "columns", "enqueue", "enqueue_many", "insert_sql"]
