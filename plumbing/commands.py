@@ -1,12 +1,14 @@
 """Request/reply on top of the consumer: a command handler returns its result or raises a named error.
 
-The handler runs inside a savepoint of the delivery's transaction. On success
-its result is the reply (a handler returns None when the reply is sent later,
-e.g. on a webhook, from its own records of the command); on a named error (business or transient) its writes
-are rolled back and the reply is ``CommandFailed {Error, Cause}``, committed
-with the inbox row, so the requester's Retry and Catch tables decide what next.
+The handler runs in the delivery's transaction. On success its result is the
+reply (a handler returns None when the reply is sent later, e.g. on a webhook,
+from its own records of the command); on a named error (business or transient)
+the transaction is rolled back, so nothing the handler wrote stays, and the reply
+``CommandFailed {Error, Cause}`` is committed with the inbox row in a new one
+(``Rollback``), so the requester's Retry and Catch tables decide what next.
 """
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,7 +16,7 @@ from typing import Any, TypeVar
 import asyncpg
 from pydantic import BaseModel
 
-from plumbing.consumer import MessageContext, Route
+from plumbing.consumer import MessageContext, Rollback, Route
 from plumbing.errors import DB_CONNECTION, NamedError, classify_transient
 from plumbing.faults import NO_REPLY
 from plumbing.replies import CommandFailed
@@ -32,26 +34,23 @@ def command_route(model: type[C], handler: Callable[[MessageContext, C], Awaitab
             log.warning("injected fault", extra={"fields": {"error": fault.error}})
             if fault.error == NO_REPLY:
                 return  # handled as lost: the requester's timeout decides
-            await _fail(ctx, NamedError(fault.cause, name=fault.error))
+            await _fail(ctx, error=NamedError(fault.cause, name=fault.error))
             return
         try:
-            async with ctx.conn.transaction():
-                result = await handler(ctx, command)
+            result = await handler(ctx, command)
         except NamedError as error:
-            await _fail(ctx, error)
-            return
+            raise Rollback(functools.partial(_fail, error=error)) from error
         except (asyncpg.PostgresError, OSError) as exc:
             transient = classify_transient(exc)
             if transient is None or transient.error_name == DB_CONNECTION:
                 raise  # not ours to answer: the consumer holds or requeues the delivery
-            await _fail(ctx, transient)
-            return
+            raise Rollback(functools.partial(_fail, error=transient)) from exc
         if result is not None:
             await ctx.reply(result)
 
     return Route(model, handle, needs_reply=True)
 
 
-async def _fail(ctx: MessageContext, error: NamedError) -> None:
+async def _fail(ctx: MessageContext, *, error: NamedError) -> None:
     log.info("command failed", extra={"fields": {"error": error.error_name, "cause": error.cause[:300]}})
     await ctx.reply(CommandFailed(Error=error.error_name, Cause=error.cause[:1000]))

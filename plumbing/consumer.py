@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -43,7 +43,6 @@ class MessageContext:
     conn: asyncpg.Connection
     consumer: str
     faults: FaultPlan | None = None
-    published: list[Envelope] = field(default_factory=list)
 
     async def publish(
         self,
@@ -69,7 +68,6 @@ class MessageContext:
             fields["messageId"] = message_id
         envelope = Envelope(**fields)
         await outbox.enqueue(self.conn, exchange=exchange, routing_key=routing_key, envelope=envelope, payload=payload)
-        self.published.append(envelope)
         return envelope
 
     async def reply(self, payload: BaseModel) -> Envelope:
@@ -80,6 +78,19 @@ class MessageContext:
 
 
 Handler = Callable[[MessageContext, Any], Awaitable[None]]
+
+
+class Rollback(Exception):
+    """Raised by a handler to undo everything the delivery's transaction wrote and still answer: the consumer
+    rolls the transaction back, then claims the message in a new transaction and runs ``then`` in it (a
+    command's failure reply). Cheaper than a savepoint around every handler, which costs two round trips
+    on every message to spare a second transaction on the few that fail."""
+
+    def __init__(self, then: Callable[["MessageContext"], Awaitable[None]]) -> None:
+        super().__init__("handler rolled back")
+        self.then = then
+
+
 RejectHook = Callable[[asyncpg.Connection, AbstractIncomingMessage, str], Awaitable[None]]
 
 
@@ -234,12 +245,21 @@ class Consumer:
             return await self._transaction(envelope, route, payload)
 
     async def _transaction(self, envelope: Envelope, route: Route, payload: BaseModel) -> bool:
-        async with self.pool.acquire() as conn, conn.transaction():
-            if not await inbox.claim(conn, self.name, envelope.messageId):
-                return False
-            ctx = MessageContext(envelope=envelope, conn=conn, consumer=self.name, faults=self.faults)
-            await route.handler(ctx, payload)
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    if not await inbox.claim(conn, self.name, envelope.messageId):
+                        return False
+                    await route.handler(self._context(envelope, conn), payload)
+            except Rollback as rollback:
+                async with conn.transaction():
+                    if not await inbox.claim(conn, self.name, envelope.messageId):
+                        return False  # a copy of the message was handled meanwhile
+                    await rollback.then(self._context(envelope, conn))
         return True
+
+    def _context(self, envelope: Envelope, conn: asyncpg.Connection) -> MessageContext:
+        return MessageContext(envelope=envelope, conn=conn, consumer=self.name, faults=self.faults)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Copy the delivery to this queue's dead-letter queue with the reason, then ack it."""

@@ -65,7 +65,7 @@ async def reserve_inventory(ctx: MessageContext, command: ReserveInventory) -> I
         raise InventoryError(f"unknown products: {', '.join(unknown)}")
     for product_id, quantity in wanted.items():
         if not await repo.take_stock(ctx.conn, product_id, quantity):
-            # The savepoint rolls back what was taken: all lines or none.
+            # The failure rolls the transaction back, and with it what was taken: all lines or none.
             raise InsufficientStockError(f"stock of {product_id} changed between check and reserve")
     reservation_id = await repo.create_reservation(ctx.conn, command.orderId, command.idempotencyId, wanted)
     return InventoryReserved(
