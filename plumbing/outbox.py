@@ -4,8 +4,9 @@
 writing process is nudged after the commit (the consumer, the timer loop and the
 webhook handler do it); a writer in another process (``orderctl redrive``) calls
 ``announce`` in its transaction, whose commit sends the NOTIFY the relays listen
-for. The relay publishes pending rows in id order with pipelined publisher
-confirms, and deletes what the broker confirmed. Rows are locked with SKIP LOCKED, so relays of several
+for. The relay deletes a batch of pending rows, publishes them in id order
+with pipelined publisher confirms, and commits the deletion once the broker
+confirmed them all. Rows are locked with SKIP LOCKED, so relays of several
 replicas share the work without publishing a row twice.
 """
 
@@ -127,18 +128,21 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many rows were published."""
         async with self.pool.acquire() as conn, conn.transaction():
+            # The batch is deleted as it is read, and the deletion commits only once the broker confirmed every
+            # row: the rows stay locked meanwhile (other relays skip them), and a failure rolls the deletion back.
             rows = await conn.fetch(
-                """SELECT id, exchange, routing_key, envelope, body, created_at FROM outbox
-                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                """DELETE FROM outbox WHERE id IN (
+                       SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                   RETURNING id, exchange, routing_key, envelope, body""",
                 _BATCH,
             )
             if not rows:
                 await self.observe_backlog(conn)
                 return 0
+            rows.sort(key=lambda row: row["id"])  # RETURNING keeps no order; the outbox's order is the ids'
             # Confirms are pipelined: every row of the batch is published before the first confirm is awaited
-            # (the channel keeps their order), and the rows are deleted only once the broker confirmed them all.
-            # If one fails, the transaction rolls back and the batch is published again: the inboxes absorb the
-            # copies that had been confirmed.
+            # (the channel keeps their order). If one fails, the transaction rolls back and the batch is
+            # published again: the inboxes absorb the copies that had been confirmed.
             confirms = []
             for row in rows:
                 envelope = Envelope.model_validate(row["envelope"])
@@ -152,7 +156,6 @@ class OutboxRelay:
             failed = next((r for r in results if isinstance(r, BaseException)), None)
             if failed is not None:
                 raise failed
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
         # The backlog gauges are read when the outbox is found empty and at every scrape, not per batch.
         return len(rows)
 
