@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -57,9 +58,11 @@ def free_port() -> int:
 
 
 def free_port_block(size: int) -> int:
-    """A base port with ``size`` consecutive free ports after it."""
+    """A base port with ``size`` consecutive free ports after it. The base is drawn at random: the kernel hands
+    out neighbouring ports to two installations started at the same moment (two benchmarks side by side),
+    whose blocks would then overlap."""
     for _ in range(200):
-        base = free_port()
+        base = random.randrange(20000, 60000 - size)
         ok = True
         for port in range(base, base + size):
             with socket.socket() as s:
