@@ -1,6 +1,7 @@
 """What every bench command does around its run: a scratch directory for logs, SIGTERM handled as Ctrl-C
 (the main task is cancelled, so every finally block tears the installation down), exit 130 on interrupt."""
 
+import argparse
 import asyncio
 import shutil
 import signal
@@ -36,3 +37,8 @@ def main_of(run: Run, *, prefix: str, keep: bool) -> NoReturn:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted: every process it started was stopped", file=sys.stderr)
         sys.exit(130)
+
+
+def command_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A bench command's parser: its module docstring (usage lines and what it does) is the help text."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -26,7 +26,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.cli import main_of
+from bench.cli import command_parser, main_of
 
 REPO = Path(__file__).resolve().parents[1]
 #: The processes whose CPU is the revision's own; the RabbitMQ server and the development stand-ins are not.
@@ -44,12 +44,7 @@ class Run:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.compare",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    parser = command_parser("python -m bench.compare", __doc__)
     parser.add_argument("base", help="the revision to compare against")
     parser.add_argument("changed", nargs="?", default=".", help="the revision with the change (default: .)")
     parser.add_argument("--pairs", type=int, default=2, help="rounds, each running both revisions at once")

@@ -27,6 +27,7 @@ import aio_pika
 import aiormq
 import asyncpg
 
+from bench.cli import command_parser
 from plumbing.db import drop_database, with_database
 
 log = logging.getLogger(__name__)
@@ -396,7 +397,7 @@ def render(floor: Floor, *, body_bytes: int) -> str:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m bench.floor", __doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured window")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--amqp-url", help="default: ORDERFLOW_AMQP_URL, else the local broker")

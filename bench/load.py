@@ -31,7 +31,7 @@ import asyncpg
 from tqdm import tqdm
 
 from bench import installation
-from bench.cli import main_of
+from bench.cli import command_parser, main_of
 from bench.counters import (
     CommitReading,
     agreed,
@@ -54,9 +54,7 @@ WARMUP_IN_FLIGHT = 4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("python -m bench.load", __doc__)
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--rate", type=float, help="open loop: orders per second, on a fixed schedule (default 10)")
     how.add_argument("--in-flight", type=int, help="closed loop: this many orders in flight at all times")

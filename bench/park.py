@@ -31,7 +31,7 @@ import asyncpg
 from tqdm import tqdm
 
 from bench import installation
-from bench.cli import main_of
+from bench.cli import command_parser, main_of
 from bench.installation import Installation
 from bench.load import sample_forever
 from bench.loadgen import CUSTOMER, Flight, OutcomeTap, PlannedOrder, Publisher, catalog_product, settle
@@ -62,9 +62,7 @@ RESERVATION_MARGIN_SECONDS = 600
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.park", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("python -m bench.park", __doc__)
     parser.add_argument("--sagas", type=int, required=True, help="orders to park")
     parser.add_argument("--in-flight", type=int, help="orders published but not parked yet (default 64, at most N/10)")
     parser.add_argument("--hold-seconds", type=int, default=7200, help="ProcessPayment's timeout: above the run")

@@ -28,7 +28,7 @@ from typing import Any
 import aio_pika
 
 from bench import installation
-from bench.cli import main_of
+from bench.cli import command_parser, main_of
 from bench.loadgen import Driver, OrderFactory, OutcomeTap, Publisher
 from orderctl.config import SERVICES
 
@@ -70,12 +70,7 @@ class Hop:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.timeline",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    parser = command_parser("python -m bench.timeline", __doc__)
     parser.add_argument("--count", type=int, default=40, help="orders, sent one at a time")
     parser.add_argument("--json", type=Path, help="write every saga's hops here")
     parser.add_argument("--keep", action="store_true", help="keep the databases, vhost, logs and spans")
