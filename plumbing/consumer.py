@@ -195,9 +195,9 @@ class Consumer:
         while True:
             try:
                 handled = await self._handle_once(envelope, route, payload)
-                if self.on_committed is not None:
-                    self.on_committed()  # the relay first: the messages just committed are the saga's next hop
                 await message.ack()
+                if self.on_committed is not None:
+                    self.on_committed()
                 return "ok" if handled else "duplicate"
             except PoisonMessage as poison:
                 await self.dead_letter(message, poison.reason)
