@@ -247,19 +247,20 @@ class Consumer:
     async def _transaction(self, envelope: Envelope, route: Route, payload: BaseModel) -> bool:
         async with self.pool.acquire() as conn:
             try:
-                async with conn.transaction():
-                    if not await inbox.claim(conn, self.name, envelope.messageId):
-                        return False
-                    await route.handler(self._context(envelope, conn), payload)
+                return await self._claimed(conn, envelope, lambda ctx: route.handler(ctx, payload))
             except Rollback as rollback:
-                async with conn.transaction():
-                    if not await inbox.claim(conn, self.name, envelope.messageId):
-                        return False  # a copy of the message was handled meanwhile
-                    await rollback.then(self._context(envelope, conn))
-        return True
+                # Claimed afresh: if a copy of the message was handled meanwhile, nothing more is written.
+                return await self._claimed(conn, envelope, rollback.then)
 
-    def _context(self, envelope: Envelope, conn: asyncpg.Connection) -> MessageContext:
-        return MessageContext(envelope=envelope, conn=conn, consumer=self.name, faults=self.faults)
+    async def _claimed(
+        self, conn: asyncpg.Connection, envelope: Envelope, work: Callable[[MessageContext], Awaitable[None]]
+    ) -> bool:
+        """In one transaction, claim the message in the inbox and run ``work``; False when it was handled before."""
+        async with conn.transaction():
+            if not await inbox.claim(conn, self.name, envelope.messageId):
+                return False
+            await work(MessageContext(envelope=envelope, conn=conn, consumer=self.name, faults=self.faults))
+        return True
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Copy the delivery to this queue's dead-letter queue with the reason, then ack it."""
