@@ -134,6 +134,7 @@ class Runner:
             *outbox.columns(messages),
             *(extra or []),
         )
+        outbox.inserted(row["sent"])
         return row["written"], row["retried"]
 
     def _messages(self, order_id: str, decision: Decision, causation_id: str | None) -> list[outbox.Outgoing]:
@@ -173,7 +174,8 @@ def _transition_sql(saga_write: str) -> str:
     the history rows, the timers cleared and armed, and the outbox rows. Parameters: $1 order id, $2 status,
     $3 current state, $4 state document, $5 the saga just finished, $6 this decision schedules a retry, $7 a
     timer is due within the heartbeat, $8-$16 history columns, $17 lanes whose timer is cleared, $18-$21
-    timers armed, $22-$26 outbox columns, then ``saga_write``'s own."""
+    timers armed, $22-$27 outbox columns and hold, then ``saga_write``'s own. It returns whether the saga row
+    was written, whether the saga has retried, and the ids of the outbox rows written."""
     written = "EXISTS (SELECT 1 FROM saga_row)"
     return f"""
 WITH saga_row AS ({saga_write}),
@@ -195,6 +197,7 @@ armed AS (
 ),
 sent AS ({outbox.insert_sql(22, only_if=written)})
 SELECT {written} AS written,
+       ARRAY(SELECT message_id FROM sent) AS sent,
        -- Every statement of a WITH sees the history as it was before it: this decision's rows count apart.
        CASE WHEN $5::bool THEN $6::bool OR EXISTS (
            SELECT 1 FROM saga_history WHERE order_id = $1::text AND event = 'RetryScheduled') END AS retried,
@@ -206,7 +209,7 @@ SELECT {written} AS written,
 # writes the saga; the others then read the row it committed.
 _INSERT_SAGA = _transition_sql(
     """INSERT INTO saga (order_id, status, current_state, state, request_hash)
-       VALUES ($1::text, $2::text, $3::text, $4::jsonb, $27::text)
+       VALUES ($1::text, $2::text, $3::text, $4::jsonb, $28::text)
        ON CONFLICT (order_id) DO NOTHING RETURNING 1"""
 )
 _UPDATE_SAGA = _transition_sql(

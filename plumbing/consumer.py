@@ -4,8 +4,9 @@ For each delivery the consumer reads the envelope, checks the size, the type,
 the schema version and the payload's schema; anything unreadable is a poison
 message, dead-lettered at once with the reason in its headers. A readable
 message is handled in one PostgreSQL transaction that also claims its id in
-the inbox and writes every outgoing message to the outbox; the delivery is
-acknowledged only after that commit. A database that is unreachable holds the
+the inbox and writes every outgoing message to the outbox; right after that
+commit the messages go to the process's outbox relay to be published, and the
+delivery is acknowledged. A database that is unreachable holds the
 delivery and retries with backoff; a handler that crashes has its delivery
 requeued, and after the queue's delivery limit the broker dead-letters it.
 """
@@ -13,7 +14,7 @@ requeued, and after the queue's delivery limit the broker dead-letters it.
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,7 @@ class Rollback(Exception):
 
 
 RejectHook = Callable[[asyncpg.Connection, AbstractIncomingMessage, str], Awaitable[None]]
+CommitHook = Callable[[Sequence[outbox.Pending]], None]
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class Consumer:
         max_message_bytes: int,
         default_type: str | None = None,
         on_reject: RejectHook | None = None,
-        on_committed: Callable[[], None] | None = None,
+        on_committed: CommitHook | None = None,
         faults: FaultPlan | None = None,
     ) -> None:
         self.name = name
@@ -196,8 +198,6 @@ class Consumer:
             try:
                 handled = await self._handle_once(envelope, route, payload)
                 await message.ack()
-                if self.on_committed is not None:
-                    self.on_committed()
                 return "ok" if handled else "duplicate"
             except PoisonMessage as poison:
                 await self.dead_letter(message, poison.reason)
@@ -255,12 +255,19 @@ class Consumer:
     async def _claimed(
         self, conn: asyncpg.Connection, envelope: Envelope, work: Callable[[MessageContext], Awaitable[None]]
     ) -> bool:
-        """In one transaction, claim the message in the inbox and run ``work``; False when it was handled before."""
-        async with conn.transaction():
-            if not await inbox.claim(conn, self.name, envelope.messageId):
-                return False
-            await work(MessageContext(envelope=envelope, conn=conn, consumer=self.name, faults=self.faults))
+        """In one transaction, claim the message in the inbox and run ``work``; False when it was handled before.
+        After the commit, the messages ``work`` wrote to the outbox are handed over to be published."""
+        with outbox.collecting() as written:
+            async with conn.transaction():
+                if not await inbox.claim(conn, self.name, envelope.messageId):
+                    return False
+                await work(MessageContext(envelope=envelope, conn=conn, consumer=self.name, faults=self.faults))
+        self._committed(written)
         return True
+
+    def _committed(self, written: outbox.Written) -> None:
+        if self.on_committed is not None:
+            self.on_committed(written.messages())
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Copy the delivery to this queue's dead-letter queue with the reason, then ack it."""
@@ -278,10 +285,10 @@ class Consumer:
         await self.broker.publish(DEAD_LETTER_EXCHANGE, self.queue_name, copy_of(message, headers))
         if self.on_reject is not None:
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await self.on_reject(conn, message, reason)
-                if self.on_committed is not None:
-                    self.on_committed()  # the hook's outbox rows (order.rejected) go out now
+                with outbox.collecting() as written:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        await self.on_reject(conn, message, reason)
+                self._committed(written)  # the hook's outbox rows (order.rejected) go out now
             except Exception:
                 log.exception("reject hook failed")
         metrics.DEAD_LETTERED.labels(self.queue_name, kind).inc()

@@ -1,20 +1,25 @@
 """Transactional outbox: write messages with the state change, publish them after commit.
 
-``enqueue`` runs inside the caller's transaction. The ``OutboxRelay`` of the
-writing process is nudged after the commit (the consumer, the timer loop and the
-webhook handler do it); a writer in another process (``orderctl redrive``) calls
-``announce`` in its transaction, whose commit sends the NOTIFY the relays listen
-for. The relay deletes a batch of pending rows, publishes them in id order
-with pipelined publisher confirms, and commits the deletion once the broker
-confirmed them all. Rows are locked with SKIP LOCKED, so relays of several
-replicas share the work without publishing a row twice.
+``enqueue`` runs inside the caller's transaction. A writer that wraps its transaction in ``collecting()``
+(the consumer does, for every delivery) gets back the messages it wrote and hands them to its process's
+``OutboxRelay`` right after the commit: the relay publishes them at once, with confirms, and deletes their
+rows afterwards, in batches. Such rows are written *held*: for ``HOLD_SECONDS`` the relay's sweep leaves them
+to their writer, so they are not published twice; if the writer dies first, or the broker refuses them, the
+sweep publishes them once the hold has passed.
+
+Other writers nudge the relay after the commit (the timer loop and the webhook handler do); a writer in
+another process (``orderctl redrive``) calls ``announce`` in its transaction, whose commit sends the NOTIFY
+the relays listen for. A sweep deletes a batch of rows that are not held, publishes them in id order with
+pipelined publisher confirms, and commits the deletion once the broker confirmed them all. Rows are locked
+with SKIP LOCKED, so relays of several replicas share the work without publishing a row twice.
 """
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -30,6 +35,9 @@ NOTIFY_CHANNEL = "orderflow_outbox"
 _BATCH = 200
 # A missed NOTIFY (connection lost between commit and LISTEN) is caught up within this.
 _SAFETY_WAKE_SECONDS = 5.0
+#: How long the sweep leaves a collected row to its writer. Longer than a publish may take (the broker's
+#: confirm timeout is 10 s) would avoid every second copy; shorter brings a dead writer's rows out sooner.
+HOLD_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,35 +50,91 @@ class Outgoing:
     payload: BaseModel
 
 
+@dataclass(frozen=True)
+class Pending:
+    """One outbox row as the relay publishes it: the envelope carries the writer's trace context."""
+
+    exchange: str
+    routing_key: str
+    envelope: Envelope
+    body: bytes
+
+
+@dataclass
+class Written:
+    """The rows a transaction wrote under ``collecting()``, for its writer to publish after the commit."""
+
+    hold_seconds: float
+    _rows: dict[str, Pending] = field(default_factory=dict)  # every row offered to an INSERT, in order
+    _inserted: set[str] = field(default_factory=set)  # the ids the INSERTs reported written
+
+    def messages(self) -> list[Pending]:
+        """The rows the transaction inserted (not those an INSERT skipped), in the order it wrote them."""
+        return [row for message_id, row in self._rows.items() if message_id in self._inserted]
+
+
+_collecting: ContextVar[Written | None] = ContextVar("orderflow_outbox_written", default=None)
+
+
+@contextlib.contextmanager
+def collecting(hold_seconds: float = HOLD_SECONDS) -> Iterator[Written]:
+    """Collect the outbox rows written in this task until the block ends, and write them held: the caller
+    publishes them itself after its commit (``OutboxRelay.publish_committed``). A transaction that rolls back
+    must drop its ``Written``: start a new block for the next attempt."""
+    written = Written(hold_seconds)
+    token = _collecting.set(written)
+    try:
+        yield written
+    finally:
+        _collecting.reset(token)
+
+
 def insert_sql(first: int = 1, *, only_if: str = "true") -> str:
-    """The outbox INSERT, reading its rows from five column arrays at parameters ``$first`` to ``$first + 4``
-    (``columns`` makes them), when the SQL condition ``only_if`` holds. A caller that writes its state change
-    in one statement puts this in a data-modifying WITH clause of that statement, so the state and its
-    messages cost one round trip."""
-    p = [f"${first + i}" for i in range(5)]
-    return f"""INSERT INTO outbox (message_id, exchange, routing_key, envelope, body)
-           SELECT * FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::jsonb[], {p[4]}::bytea[])
+    """The outbox INSERT, reading its rows from five column arrays and a hold at parameters ``$first`` to
+    ``$first + 5`` (``columns`` makes them), when the SQL condition ``only_if`` holds; it returns the message
+    id of each row it wrote, which the writer passes to ``inserted``. A caller that writes its state change in
+    one statement puts this in a data-modifying WITH clause of that statement, so the state and its messages
+    cost one round trip."""
+    p = [f"${first + i}" for i in range(6)]
+    return f"""INSERT INTO outbox (message_id, exchange, routing_key, envelope, body, held_until)
+           SELECT *, now() + make_interval(secs => {p[5]}::float8)
+           FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::jsonb[], {p[4]}::bytea[])
            WHERE {only_if}
-           ON CONFLICT (message_id) DO NOTHING"""
+           ON CONFLICT (message_id) DO NOTHING
+           RETURNING message_id"""
 
 
-def columns(messages: Sequence[Outgoing]) -> list[list[Any]]:
-    """The parameters of ``insert_sql``: one array per column, in the messages' order (the relay's order)."""
+def columns(messages: Sequence[Outgoing]) -> list[Any]:
+    """The parameters of ``insert_sql``: one array per column, in the messages' order (the relay's order), and
+    the hold (NULL, no hold, unless the rows are being collected)."""
     trace = tracing.current_context()
     envelopes = [m.envelope.model_copy(update={"trace": trace}) for m in messages]
+    bodies = [m.payload.model_dump_json(by_alias=True).encode() for m in messages]
+    written = _collecting.get()
+    if written is not None:
+        for message, envelope, body in zip(messages, envelopes, bodies, strict=True):
+            written._rows[envelope.messageId] = Pending(message.exchange, message.routing_key, envelope, body)
     return [
         [e.messageId for e in envelopes],
         [m.exchange for m in messages],
         [m.routing_key for m in messages],
         [e.model_dump(mode="json") for e in envelopes],
-        [m.payload.model_dump_json(by_alias=True).encode() for m in messages],
+        bodies,
+        written.hold_seconds if written is not None else None,
     ]
+
+
+def inserted(message_ids: Sequence[str]) -> None:
+    """Report the ids an ``insert_sql`` statement returned, so the collecting writer publishes those rows."""
+    written = _collecting.get()
+    if written is not None:
+        written._inserted.update(message_ids)
 
 
 async def enqueue_many(conn: asyncpg.Connection, messages: Sequence[Outgoing]) -> None:
     """Add messages to the outbox inside the caller's open transaction, in one statement."""
     if messages:
-        await conn.execute(insert_sql(), *columns(messages))
+        inserted([row[0] for row in await conn.fetch(insert_sql(), *columns(messages))])
 
 
 async def enqueue(
@@ -92,7 +156,8 @@ async def announce(conn: asyncpg.Connection) -> None:
 
 
 class OutboxRelay:
-    """Publishes the outbox of one database."""
+    """Publishes the outbox of one database: the rows its process hands over right after their commit, and,
+    in sweeps, every row nobody holds."""
 
     def __init__(self, pool: asyncpg.Pool, broker: Broker, *, service: str, duplicate: bool = False) -> None:
         self.pool = pool
@@ -101,11 +166,37 @@ class OutboxRelay:
         self.copies = 2 if duplicate else 1
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._published: list[str] = []  # confirmed, their rows not yet deleted
+        self._tidy = asyncio.Event()
 
     def nudge(self) -> None:
+        """Sweep soon: a transaction that did not collect its rows committed some."""
         self._wake.set()
 
+    def publish_committed(self, messages: Sequence[Pending]) -> None:
+        """Publish rows their writer collected and committed, now, in their order; their rows are deleted
+        once confirmed. If the broker refuses them, they stay, and a sweep publishes them after the hold."""
+        if messages:
+            task = asyncio.create_task(self._publish_committed(list(messages)))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    async def _publish_committed(self, messages: list[Pending]) -> None:
+        try:
+            await self._publish(messages)
+        except Exception:
+            log.warning("publishing after commit failed; the relay sweeps the rows after the hold", exc_info=True)
+            return
+        self._published.extend(m.envelope.messageId for m in messages)
+        self._tidy.set()
+
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._sweep_loop())
+            tasks.create_task(self._tidy_loop())
+
+    async def _sweep_loop(self) -> None:
         while True:
             try:
                 await self._listen()
@@ -125,39 +216,83 @@ class OutboxRelay:
                 await self._close_listener()
                 await asyncio.sleep(1.0)
 
-    async def publish_pending(self) -> int:
-        """Publish one batch; returns how many rows were published."""
+    async def _tidy_loop(self) -> None:
+        """Delete the rows published after their commit: whatever was confirmed meanwhile goes in one
+        statement, so under load one deletion serves many messages."""
+        while True:
+            await self._tidy.wait()
+            try:
+                await self.tidy()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("deleting published outbox rows failed; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+                self._tidy.set()
+
+    async def tidy(self) -> None:
+        """Delete the rows confirmed so far (autocommit: a row deleted twice, or never, only costs a copy)."""
+        self._tidy.clear()
+        done, self._published = self._published, []
+        if not done:
+            return
+        try:
+            await self.pool.execute("DELETE FROM outbox WHERE message_id = ANY($1::text[])", done)
+        except BaseException:
+            self._published[:0] = done
+            raise
+
+    async def publish_pending(self, *, held_too: bool = False) -> int:
+        """Publish one batch of rows nobody holds (with ``held_too``, every row); returns how many."""
         async with self.pool.acquire() as conn, conn.transaction():
             # The batch is deleted as it is read, and the deletion commits only once the broker confirmed every
             # row: the rows stay locked meanwhile (other relays skip them), and a failure rolls the deletion back.
             rows = await conn.fetch(
                 """DELETE FROM outbox WHERE id IN (
-                       SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                       SELECT id FROM outbox WHERE $2 OR held_until IS NULL OR held_until < now()
+                       ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
                    RETURNING id, exchange, routing_key, envelope, body""",
                 _BATCH,
+                held_too,
             )
             if not rows:
                 await self.observe_backlog(conn)
                 return 0
             rows.sort(key=lambda row: row["id"])  # RETURNING keeps no order; the outbox's order is the ids'
-            # Confirms are pipelined: every row of the batch is published before the first confirm is awaited
-            # (the channel keeps their order). If one fails, the transaction rolls back and the batch is
-            # published again: the inboxes absorb the copies that had been confirmed.
-            confirms = []
-            for row in rows:
-                envelope = Envelope.model_validate(row["envelope"])
-                with tracing.restored(envelope.trace):
-                    for _ in range(self.copies):
-                        message = envelope.to_amqp(bytes(row["body"]))
-                        confirms.append(
-                            asyncio.ensure_future(self.broker.publish(row["exchange"], row["routing_key"], message))
-                        )
-            results = await asyncio.gather(*confirms, return_exceptions=True)
-            failed = next((r for r in results if isinstance(r, BaseException)), None)
-            if failed is not None:
-                raise failed
+            await self._publish(
+                [
+                    Pending(row["exchange"], row["routing_key"], Envelope.model_validate(row["envelope"]), row["body"])
+                    for row in rows
+                ]
+            )
         # The backlog gauges are read when the outbox is found empty and at every scrape, not per batch.
         return len(rows)
+
+    async def _publish(self, messages: Sequence[Pending]) -> None:
+        """Publish in order and wait for every confirm; raises the first failure."""
+        # Confirms are pipelined: every message is published before the first confirm is awaited (the channel
+        # keeps their order). If one fails, the caller's rows stay and are published again: the inboxes absorb
+        # the copies that had been confirmed.
+        confirms = []
+        for pending in messages:
+            with tracing.restored(pending.envelope.trace):
+                for _ in range(self.copies):
+                    message = pending.envelope.to_amqp(bytes(pending.body))
+                    confirms.append(
+                        asyncio.ensure_future(self.broker.publish(pending.exchange, pending.routing_key, message))
+                    )
+        results = await asyncio.gather(*confirms, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
+
+    async def flush(self) -> None:
+        """At shutdown: finish the publishes after commit, delete their rows, then publish every row left,
+        held ones included (a row still held is this process's own, or a copy the inboxes absorb)."""
+        await asyncio.gather(*self._publishing, return_exceptions=True)
+        await self.tidy()
+        while await self.publish_pending(held_too=True):
+            pass
 
     async def observe_backlog(self, conn: asyncpg.Connection) -> None:
         count, age = await conn.fetchrow(
@@ -193,4 +328,17 @@ class OutboxRelay:
         await self._close_listener()
 
 
-__all__ = ["OutboxRelay", "Outgoing", "announce", "columns", "enqueue", "enqueue_many", "insert_sql"]
+__all__ = [
+    "HOLD_SECONDS",
+    "OutboxRelay",
+    "Outgoing",
+    "Pending",
+    "Written",
+    "announce",
+    "collecting",
+    "columns",
+    "enqueue",
+    "enqueue_many",
+    "insert_sql",
+    "inserted",
+]

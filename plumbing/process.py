@@ -102,7 +102,7 @@ class Process:
                 max_message_bytes=self.settings.max_message_bytes,
                 default_type=spec.default_type,
                 on_reject=spec.on_reject,
-                on_committed=self.relay.nudge,
+                on_committed=self.relay.publish_committed,
                 faults=FaultPlan(self.settings.faults) if self.settings.faults else None,
             )
             await consumer.start(queue)
@@ -146,8 +146,7 @@ class Process:
         if self.relay is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(budget / 2):
-                    while await self.relay.publish_pending():
-                        pass
+                    await self.relay.flush()
             await self.relay.close()
         if self.broker is not None:
             await self.broker.close()
