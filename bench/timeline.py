@@ -7,8 +7,8 @@ The latency profile behind bench.load's end-to-end figure. On a private installa
 process writes its spans to a file, as TRACE_FILE does in development), it sends happy-path orders one at a
 time, so nothing queues, and reads each saga's spans back: for every message on the saga's path, the time
 its handler took (the `handle <type>` span: transaction, inbox, effects, outbox, commit), the time from that
-commit until the relay started publishing what it wrote (relay), and the time from that publish until the
-next handler started (broker: routing, the quorum queue's append and the publisher confirm, delivery,
+span's end until the publish of what it wrote began (relay; 0 when the consumer's hand-over to the relay
+started publishing before the span closed), and the time from that publish until the next handler started (broker: routing, the quorum queue's append and the publisher confirm, delivery,
 decoding). It prints the median of each, per hop and in total. Tracing itself costs time (every query is
 a span), so the figures run above bench.load's; their proportions are what this is for.
 Exit status: 0 when every order ended CONFIRMED and every saga's path was found in its spans.
@@ -57,6 +57,7 @@ class Span:
     start: float
     end: float
     order_id: str | None
+    trace_id: str
 
 
 @dataclass
@@ -96,14 +97,15 @@ def read_spans(path: Path) -> list[Span]:
                 start=_seconds(raw["start_time"]),
                 end=_seconds(raw["end_time"]),
                 order_id=(raw.get("attributes") or {}).get("orderflow.order_id"),
+                trace_id=raw["context"]["trace_id"],
             )
         )
     return sorted(spans, key=lambda s: s.start)
 
 
 def hops_of(order_id: str, spans: list[Span]) -> list[Hop] | None:
-    """The saga's path through its spans; None when a hop is missing. Orders ran one at a time, so the first
-    publish a process made after a handler committed is what that handler wrote."""
+    """The saga's path through its spans; None when a hop is missing. The first publish a process made in the
+    saga's trace after one of its handlers started is what that handler wrote."""
     handles = {s.name.removeprefix("handle "): s for s in spans if s.order_id == order_id and s.kind == "INTERNAL"}
     if any(message not in handles for message, _ in PATH):
         return None
@@ -111,7 +113,15 @@ def hops_of(order_id: str, spans: list[Span]) -> list[Hop] | None:
     for i, (message, service) in enumerate(PATH):
         handled = handles[message]
         publish = next(
-            (s for s in spans if s.kind == "PRODUCER" and s.service == service and s.start >= handled.end), None
+            (
+                s
+                for s in spans
+                if s.kind == "PRODUCER"
+                and s.service == service
+                and s.trace_id == handled.trace_id
+                and s.start >= handled.start
+            ),
+            None,
         )
         if publish is None:
             return None
@@ -120,8 +130,8 @@ def hops_of(order_id: str, spans: list[Span]) -> list[Hop] | None:
             Hop(
                 message=message,
                 service=service,
-                handle_ms=1000 * (handled.end - handled.start),
-                relay_ms=1000 * (publish.start - handled.end),
+                handle_ms=1000 * (min(handled.end, publish.start) - handled.start),
+                relay_ms=1000 * max(0.0, publish.start - handled.end),
                 broker_ms=None if following is None else 1000 * (following.start - publish.start),
             )
         )
