@@ -25,13 +25,29 @@ NOTIFICATIONS = Counter(
     ["channel", "status"],
 )
 
+# One row per channel: a new one is claimed, a failed one claimed again; one that is sent or 'sending' (an
+# earlier send whose outcome is unknown) is not, and its status is read instead.
 _CLAIM = """
-INSERT INTO notification (order_id, channel, status) VALUES ($1, $2, 'sending')
-ON CONFLICT (order_id, channel) DO UPDATE SET status = 'sending', attempts = notification.attempts + 1,
-    updated_at = now()
-WHERE notification.status = 'failed'
-RETURNING 1
+WITH claimed AS (
+    INSERT INTO notification (order_id, channel, status)
+    SELECT $1, channel, 'sending' FROM unnest($2::text[]) AS channel
+    ON CONFLICT (order_id, channel) DO UPDATE SET status = 'sending', attempts = notification.attempts + 1,
+        updated_at = now()
+    WHERE notification.status = 'failed'
+    RETURNING channel
+)
+SELECT channel, NULL AS status FROM claimed
+UNION ALL
+SELECT channel, status FROM notification
+WHERE order_id = $1 AND channel = ANY($2::text[]) AND channel NOT IN (SELECT channel FROM claimed)
 """
+_RECORD = """
+UPDATE notification SET status = r.status, detail = r.detail, updated_at = now()
+FROM unnest($2::text[], $3::text[], $4::text[]) AS r(channel, status, detail)
+WHERE notification.order_id = $1 AND notification.channel = r.channel
+"""
+
+Send = Callable[[NotifyCustomer], Awaitable[None]]
 
 
 @dataclass
@@ -43,51 +59,55 @@ class NotifyHandlers:
 
     async def notify_customer(self, ctx: MessageContext, command: NotifyCustomer) -> CustomerNotified:
         """Send every channel; if one failed, answer with its error (a throttle is retried by the definition)."""
-        channels = [self._channel(command, "email", self._send_email)]
+        sends: dict[str, Send] = {"email": self._send_email}
         if command.customer.phone:
-            channels.append(self._channel(command, "sms", self._send_sms))
-        # The channels are independent (each claims and records its own row on its own connection), so they
-        # run side by side. Both finish, and record their outcome, before an unexpected error is raised.
-        finished = await asyncio.gather(*channels, return_exceptions=True)
-        crashed = next((f for f in finished if isinstance(f, BaseException)), None)
+            sends["sms"] = self._send_sms
+        # Claims and outcomes commit at once (autocommit), outside the delivery's transaction: all channels
+        # are claimed in one statement, sent side by side, and their outcomes recorded in one statement.
+        async with self.pool.acquire() as conn:
+            claims = {row["channel"]: row["status"] for row in await conn.fetch(_CLAIM, command.orderId, list(sends))}
+            claimed = [channel for channel in sends if channel in claims and claims[channel] is None]
+            finished = await asyncio.gather(
+                *(self._send(command, channel, sends[channel]) for channel in claimed), return_exceptions=True
+            )
+            # A send that crashed is not recorded: its row stays 'sending', an unknown outcome not sent again.
+            outcomes = dict(zip(claimed, finished, strict=True))
+            recorded = [(c, r) for c, r in outcomes.items() if not isinstance(r, BaseException)]
+            if recorded:
+                await conn.execute(
+                    _RECORD,
+                    command.orderId,
+                    [c for c, _ in recorded],
+                    [r.status for _, (r, _) in recorded],
+                    [r.detail or "" for _, (r, _) in recorded],
+                )
+        crashed = next((r for r in finished if isinstance(r, BaseException)), None)
         if crashed is not None:
             raise crashed
-        outcomes = [f for f in finished if not isinstance(f, BaseException)]
-        for result, _ in outcomes:
+        results: list[ChannelResult] = []
+        errors: list[NamedError] = []
+        for channel in sends:
+            outcome = outcomes.get(channel)
+            if outcome is None:
+                result = ChannelResult(channel=channel, status="skipped", detail=f"already {claims.get(channel)}")
+            else:
+                assert not isinstance(outcome, BaseException)
+                result, error = outcome
+                if error is not None:
+                    errors.append(error)
             NOTIFICATIONS.labels(result.channel, result.status).inc()
-        errors = [error for _, error in outcomes if error is not None]
+            results.append(result)
         if errors:
             raise errors[0]
-        return CustomerNotified(results=[result for result, _ in outcomes])
+        return CustomerNotified(results=results)
 
-    async def _channel(
-        self, command: NotifyCustomer, channel: str, send: Callable[[NotifyCustomer], Awaitable[None]]
-    ) -> tuple[ChannelResult, NamedError | None]:
-        # Claims commit at once (autocommit), outside the delivery's transaction.
-        async with self.pool.acquire() as conn:
-            claimed = await conn.fetchval(_CLAIM, command.orderId, channel)
-            if not claimed:
-                status = await conn.fetchval(
-                    "SELECT status FROM notification WHERE order_id = $1 AND channel = $2", command.orderId, channel
-                )
-                return ChannelResult(channel=channel, status="skipped", detail=f"already {status}"), None
-            try:
-                await send(command)
-            except NamedError as error:
-                detail = f"{error.error_name}: {error.cause}"[:500]
-                await self._record(conn, command.orderId, channel, "failed", detail)
-                return ChannelResult(channel=channel, status="failed", detail=detail), error
-            await self._record(conn, command.orderId, channel, "sent", "")
-            return ChannelResult(channel=channel, status="sent"), None
-
-    async def _record(self, conn: asyncpg.Connection, order_id: str, channel: str, status: str, detail: str) -> None:
-        await conn.execute(
-            "UPDATE notification SET status = $3, detail = $4, updated_at = now() WHERE order_id = $1 AND channel = $2",
-            order_id,
-            channel,
-            status,
-            detail,
-        )
+    async def _send(self, command: NotifyCustomer, channel: str, send: Send) -> tuple[ChannelResult, NamedError | None]:
+        try:
+            await send(command)
+        except NamedError as error:
+            detail = f"{error.error_name}: {error.cause}"[:500]
+            return ChannelResult(channel=channel, status="failed", detail=detail), error
+        return ChannelResult(channel=channel, status="sent"), None
 
     async def _send_email(self, command: NotifyCustomer) -> None:
         await email.send(email.render(command, self.sender), **self.smtp)
