@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -41,6 +42,7 @@ HOLD_SECONDS = 10.0
 #: Rows published after their commit are deleted this long after the first of them was confirmed: one
 #: DELETE, and one commit, for every row confirmed meanwhile, instead of one per message.
 _TIDY_SECONDS = 0.1
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,12 @@ class OutboxRelay:
         self._publishing: set[asyncio.Task[None]] = set()
         self._published: list[str] = []  # confirmed, their rows not yet deleted
         self._tidy = asyncio.Event()
+        self._started_at: datetime | None = None
+
+    async def mark_started(self) -> None:
+        """Note the database's time before this process writes anything: the first sweep then takes the rows
+        held before it, which no live writer of this process will publish."""
+        self._started_at = await self.pool.fetchval("SELECT now()")
 
     def nudge(self) -> None:
         """Sweep soon: a transaction that did not collect its rows committed some."""
@@ -200,6 +208,9 @@ class OutboxRelay:
             tasks.create_task(self._tidy_loop())
 
     async def _sweep_loop(self) -> None:
+        # The first sweep also takes rows held since before this process started: a crashed run's are
+        # published at once instead of after their hold (a live replica's are published twice, and absorbed).
+        held_before = self._started_at
         while True:
             try:
                 await self._listen()
@@ -207,8 +218,9 @@ class OutboxRelay:
                     # Clear before reading: a commit nudging while this batch is out sets it again, so no row
                     # waits for the safety wake, and a batch that was not full needs no second, empty read.
                     self._wake.clear()
-                    if await self.publish_pending() == _BATCH:
+                    if await self.publish_pending(held_before=held_before) == _BATCH:
                         continue
+                    held_before = None
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), _SAFETY_WAKE_SECONDS)
                     await self._check_listener()
@@ -246,18 +258,19 @@ class OutboxRelay:
             self._published[:0] = done
             raise
 
-    async def publish_pending(self, *, held_too: bool = False) -> int:
-        """Publish one batch of rows nobody holds (with ``held_too``, every row); returns how many."""
+    async def publish_pending(self, *, held_before: datetime | None = None) -> int:
+        """Publish one batch of rows nobody holds, and of rows written before ``held_before`` even if held;
+        returns how many."""
         async with self.pool.acquire() as conn, conn.transaction():
             # The batch is deleted as it is read, and the deletion commits only once the broker confirmed every
             # row: the rows stay locked meanwhile (other relays skip them), and a failure rolls the deletion back.
             rows = await conn.fetch(
                 """DELETE FROM outbox WHERE id IN (
-                       SELECT id FROM outbox WHERE $2 OR held_until IS NULL OR held_until < now()
+                       SELECT id FROM outbox WHERE held_until IS NULL OR held_until < now() OR created_at < $2
                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
                    RETURNING id, exchange, routing_key, envelope, body""",
                 _BATCH,
-                held_too,
+                held_before,
             )
             if not rows:
                 await self.observe_backlog(conn)
@@ -295,7 +308,7 @@ class OutboxRelay:
         held ones included (a row still held is this process's own, or a copy the inboxes absorb)."""
         await asyncio.gather(*self._publishing, return_exceptions=True)
         await self.tidy()
-        while await self.publish_pending(held_too=True):
+        while await self.publish_pending(held_before=_END_OF_TIME):
             pass
 
     async def observe_backlog(self, conn: asyncpg.Connection) -> None:

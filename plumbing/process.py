@@ -86,6 +86,7 @@ class Process:
         self.broker = Broker(self.settings.amqp_url, name=self.name)
         await self.broker.connect()
         self.relay = OutboxRelay(self.pool, self.broker, service=self.name, duplicate=self.settings.duplicate_publish)
+        await self.relay.mark_started()
         if self.on_start is not None:
             await self.on_start(self)
         channel = await self.broker.channel(prefetch=self.settings.prefetch)

@@ -168,3 +168,26 @@ async def test_shutdown_flush_publishes_held_rows_too(pool: asyncpg.Pool, broker
     await relay.flush()
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
     await heard.exactly([m.envelope.messageId for m in sent], ordered=False)
+
+
+async def test_a_restarted_process_publishes_at_once_what_its_crashed_run_held(
+    pool: asyncpg.Pool, broker: Broker, heard: Heard
+) -> None:
+    orphan = message(heard.key)
+    await write(pool, [orphan], hold_seconds=60)  # committed by a run that died before publishing it
+    relay = outbox.OutboxRelay(pool, broker, service="test")
+    await relay.mark_started()
+    mine = message(heard.key)
+    await write(pool, [mine], hold_seconds=60)  # this run's own, which its writer is about to publish
+    running = asyncio.create_task(relay.run())
+    try:
+
+        async def only_mine_left() -> bool:
+            return [r[0] for r in await pool.fetch("SELECT message_id FROM outbox")] == [mine.envelope.messageId]
+
+        await eventually(only_mine_left, timeout=10, what="the orphan swept, this run's own row left to its writer")
+        await heard.exactly([orphan.envelope.messageId])
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await relay.close()
