@@ -4,7 +4,9 @@ py-spy attaches from outside (ptrace), so the processes run unchanged. Each proc
 ``py-spy record --format raw`` (collapsed stacks) for the measured window; at its end the recorders are
 interrupted, which makes py-spy write its file. The summary attributes samples two ways: by the
 function on top of the stack (where the CPU goes), and by the first frame of our own code on the stack
-(which of our code paths pays for it, library time included).
+(which of our code paths pays for it, library time included), and the function on top of the stack by the
+layer it belongs to (the event loop, the PostgreSQL client, the AMQP client, ...): where the CPU of a message
+goes, summed over every function of that layer.
 """
 
 import asyncio
@@ -19,6 +21,16 @@ from pathlib import Path
 #: Frames from these directories are ours; the rest is the standard library and third-party packages.
 OWN_PACKAGES = ("plumbing/", "orchestrator/", "services/", "contracts/", "devservers/")
 SAMPLE_RATE = 200
+#: Layers, by where their code lives (the path of the function on top of the stack); the first match wins.
+LAYERS = [
+    ("event loop", ("asyncio/runners.py", "asyncio/events.py", "asyncio/base_events.py", "selector", "uvloop/")),
+    ("PostgreSQL client", ("asyncpg/",)),
+    ("AMQP client", ("aio_pika/", "aiormq/", "pamqp/", "asyncio/streams.py")),
+    ("HTTP and SMTP clients", ("aiohttp/", "stripe/", "aiosmtplib/", "multidict/", "yarl/", "email/")),
+    ("validation and JSON", ("pydantic", "json/")),
+    ("metrics, logs, tracing", ("prometheus_client/", "logging/", "opentelemetry/")),
+    ("ours", OWN_PACKAGES),
+]
 
 
 @dataclass
@@ -29,6 +41,8 @@ class ProcessProfile:
     """Functions by share of samples in which they were on top of the stack."""
     top_own: list[tuple[str, float]] = field(default_factory=list)
     """Our innermost function on the stack, by share of samples (time in libraries it calls included)."""
+    by_layer: list[tuple[str, float]] = field(default_factory=list)
+    """The function on top of the stack by its layer (``LAYERS``), by share of samples."""
 
 
 def executable() -> str:
@@ -86,12 +100,18 @@ def _is_own(frame: str) -> bool:
     return any(f" ({package}" in frame or f"/{package}" in frame for package in OWN_PACKAGES)
 
 
+def _layer(frame: str) -> str:
+    where = frame.partition(" (")[2]
+    return next((layer for layer, marks in LAYERS if any(mark in where for mark in marks)), "other")
+
+
 def summarize(name: str, path: Path, top: int = 12) -> ProcessProfile:
     """Read py-spy's collapsed stacks ('frame;frame;frame count' per line) into shares of samples."""
     if not path.exists():
         return ProcessProfile(name, 0)
     self_time: Counter[str] = Counter()
     own_time: Counter[str] = Counter()
+    layer_time: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -101,6 +121,7 @@ def summarize(name: str, path: Path, top: int = 12) -> ProcessProfile:
         frames = stack.split(";")
         total += count
         self_time[_function(frames[-1])] += count
+        layer_time[_layer(frames[-1])] += count
         own = next((f for f in reversed(frames) if _is_own(f)), None)
         own_time[_function(own) if own else "(no frame of ours)"] += count
     if not total:
@@ -109,7 +130,7 @@ def summarize(name: str, path: Path, top: int = 12) -> ProcessProfile:
     def shares(counts: Counter[str]) -> list[tuple[str, float]]:
         return [(fn, round(100 * n / total, 1)) for fn, n in counts.most_common(top)]
 
-    return ProcessProfile(name, total, shares(self_time), shares(own_time))
+    return ProcessProfile(name, total, shares(self_time), shares(own_time), shares(layer_time))
 
 
 def render(profiles: list[ProcessProfile], out_dir: Path) -> str:
@@ -118,4 +139,5 @@ def render(profiles: list[ProcessProfile], out_dir: Path) -> str:
         lines.append(f"  {p.name}: {p.samples} samples")
         lines.append("    on top of the stack:  " + "; ".join(f"{pct}% {fn}" for fn, pct in p.top_self[:6]))
         lines.append("    our innermost frame:  " + "; ".join(f"{pct}% {fn}" for fn, pct in p.top_own[:6]))
+        lines.append("    by layer:             " + "; ".join(f"{pct}% {layer}" for layer, pct in p.by_layer))
     return "\n".join(lines)

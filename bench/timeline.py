@@ -8,9 +8,10 @@ process writes its spans to a file, as TRACE_FILE does in development), it sends
 time, so nothing queues, and reads each saga's spans back: for every message on the saga's path, the time
 its handler took (the `handle <type>` span: transaction, inbox, effects, outbox, commit), the time from that
 span's end until the publish of what it wrote began (relay; 0 when the consumer's hand-over to the relay
-started publishing before the span closed), and the time from that publish until the next handler started (broker: routing, the quorum queue's append and the publisher confirm, delivery,
-decoding). It prints the median of each, per hop and in total. Tracing itself costs time (every query is
-a span), so the figures run above bench.load's; their proportions are what this is for.
+started publishing before the span closed), and the time from that publish until the next handler started
+(broker: routing, the quorum queue's append and the publisher confirm, delivery, decoding). It prints the
+median of each, per hop and in total. Tracing itself costs time (every query is a span), so the figures run
+above bench.load's; their proportions are what this is for.
 Exit status: 0 when every order ended CONFIRMED and every saga's path was found in its spans.
 """
 
