@@ -5,12 +5,15 @@ too); this module re-exports them and adds what only the tests need: the injecte
 timeout, a lower delivery limit, and helpers to drive and inspect orders.
 """
 
+import contextlib
 import json
 import urllib.parse
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
+import asyncpg
 
 from orchestrator.definition import DEFINITION_FILE
 from orderctl import sandbox
@@ -35,8 +38,27 @@ from orderctl.sandbox import (  # noqa: F401 - re-exported: the tests import the
     wait_ready,
 )
 from orderctl.supervisor import Child
+from plumbing.db import create_pool, drop_database, ensure_database, with_database
+from plumbing.migrations import MigrationSet, migrate
 
 RABBITMQ_HOST_PORT = ("127.0.0.1", 5672)
+
+
+@contextlib.asynccontextmanager
+async def migrated_pool(prefix: str, migrations: list[MigrationSet], *, size: int = 3) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a database of its own, migrated, dropped at the end: for a test of one component."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    dsn = with_database(ADMIN_DSN, name)
+    await ensure_database(ADMIN_DSN, dsn)
+    try:
+        await migrate(dsn, migrations)
+        pool = await create_pool(dsn, size=size)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        await drop_database(ADMIN_DSN, name)
 
 
 #: Faults the session's stack injects, selected by the order id's suffix (see plumbing/faults.py).

@@ -9,14 +9,13 @@ from collections.abc import AsyncIterator
 import aio_pika
 import asyncpg
 import pytest
-from harness import ADMIN_DSN, eventually
+from harness import eventually, migrated_pool
 
 from contracts.orders import OrderRejected
 from plumbing import outbox
 from plumbing.broker import Broker
-from plumbing.db import create_pool, drop_database, ensure_database, with_database
 from plumbing.envelope import Envelope
-from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet, migrate
+from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
 from plumbing.topology import EVENTS_EXCHANGE
 
 pytestmark = pytest.mark.integration
@@ -24,16 +23,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def pool() -> AsyncIterator[asyncpg.Pool]:
-    name = f"of_outbox_{uuid.uuid4().hex[:8]}"
-    dsn = with_database(ADMIN_DSN, name)
-    await ensure_database(ADMIN_DSN, dsn)
-    try:
-        await migrate(dsn, [MigrationSet("plumbing", PLUMBING_MIGRATIONS)])
-        pool = await create_pool(dsn, size=3)
+    async with migrated_pool("of_outbox", [MigrationSet("plumbing", PLUMBING_MIGRATIONS)]) as pool:
         yield pool
-        await pool.close()
-    finally:
-        await drop_database(ADMIN_DSN, name)
 
 
 class Heard:

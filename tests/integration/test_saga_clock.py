@@ -9,14 +9,12 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
-from harness import ADMIN_DSN, eventually
+from harness import eventually, migrated_pool
 
 from orchestrator import definition, saga_clock
 from orchestrator.main import MIGRATIONS
 from orchestrator.runner import Runner, utcnow
 from orchestrator.timers import TimerLoop
-from plumbing.db import create_pool, drop_database, ensure_database, with_database
-from plumbing.migrations import migrate
 
 pytestmark = pytest.mark.integration
 
@@ -30,16 +28,8 @@ ORDER = {
 
 @pytest.fixture
 async def pool() -> AsyncIterator[asyncpg.Pool]:
-    name = f"of_clock_{uuid.uuid4().hex[:8]}"
-    dsn = with_database(ADMIN_DSN, name)
-    await ensure_database(ADMIN_DSN, dsn)
-    try:
-        await migrate(dsn, MIGRATIONS)
-        pool = await create_pool(dsn, size=3)
+    async with migrated_pool("of_clock", MIGRATIONS) as pool:
         yield pool
-        await pool.close()
-    finally:
-        await drop_database(ADMIN_DSN, name)
 
 
 async def start_sagas(pool: asyncpg.Pool, runner: Runner, count: int) -> list[str]:
