@@ -5,8 +5,9 @@ the schema version and the payload's schema; anything unreadable is a poison
 message, dead-lettered at once with the reason in its headers. A readable
 message is handled in one PostgreSQL transaction that also claims its id in
 the inbox and writes every outgoing message to the outbox; right after that
-commit the messages go to the process's outbox relay to be published, and the
-delivery is acknowledged. A database that is unreachable holds the
+commit the consumer publishes those messages through its process's outbox
+relay, and acknowledges the delivery once the broker confirmed them (so a
+slow broker slows the consumer down instead of piling publishes up in memory). A database that is unreachable holds the
 delivery and retries with backoff; a handler that crashes has its delivery
 requeued, and after the queue's delivery limit the broker dead-letters it.
 """
@@ -93,7 +94,7 @@ class Rollback(Exception):
 
 
 RejectHook = Callable[[asyncpg.Connection, AbstractIncomingMessage, str], Awaitable[None]]
-CommitHook = Callable[[Sequence[outbox.Pending]], None]
+CommitHook = Callable[[Sequence[outbox.Pending]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,8 @@ class Consumer:
         delay = 0.2
         while True:
             try:
-                handled = await self._handle_once(envelope, route, payload)
+                handled, written = await self._handle_once(envelope, route, payload)
+                await self._committed(written)
                 await message.ack()
                 return "ok" if handled else "duplicate"
             except PoisonMessage as poison:
@@ -235,7 +237,9 @@ class Consumer:
             raise PoisonMessage(f"{kind}: {_short(exc)}") from exc
         return envelope, route, payload
 
-    async def _handle_once(self, envelope: Envelope, route: Route, payload: BaseModel) -> bool:
+    async def _handle_once(
+        self, envelope: Envelope, route: Route, payload: BaseModel
+    ) -> tuple[bool, list[outbox.Pending]]:
         attributes = {
             "orderflow.order_id": envelope.correlationId,
             "orderflow.attempt": envelope.attempt,
@@ -244,7 +248,9 @@ class Consumer:
         with tracing.handling(envelope.type, attributes):
             return await self._transaction(envelope, route, payload)
 
-    async def _transaction(self, envelope: Envelope, route: Route, payload: BaseModel) -> bool:
+    async def _transaction(
+        self, envelope: Envelope, route: Route, payload: BaseModel
+    ) -> tuple[bool, list[outbox.Pending]]:
         async with self.pool.acquire() as conn:
             try:
                 return await self._claimed(conn, envelope, lambda ctx: route.handler(ctx, payload))
@@ -254,20 +260,19 @@ class Consumer:
 
     async def _claimed(
         self, conn: asyncpg.Connection, envelope: Envelope, work: Callable[[MessageContext], Awaitable[None]]
-    ) -> bool:
-        """In one transaction, claim the message in the inbox and run ``work``; False when it was handled before.
-        After the commit, the messages ``work`` wrote to the outbox are handed over to be published."""
+    ) -> tuple[bool, list[outbox.Pending]]:
+        """In one transaction, claim the message in the inbox and run ``work``. Returns False when it was handled
+        before, and the messages ``work`` wrote to the outbox, for the caller to publish after the commit."""
         with outbox.collecting() as written:
             async with conn.transaction():
                 if not await inbox.claim(conn, self.name, envelope.messageId):
-                    return False
+                    return False, []
                 await work(MessageContext(envelope=envelope, conn=conn, consumer=self.name, faults=self.faults))
-        self._committed(written)
-        return True
+        return True, written.messages()
 
-    def _committed(self, written: outbox.Written) -> None:
-        if self.on_committed is not None:
-            self.on_committed(written.messages())
+    async def _committed(self, messages: Sequence[outbox.Pending]) -> None:
+        if self.on_committed is not None and messages:
+            await self.on_committed(messages)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Copy the delivery to this queue's dead-letter queue with the reason, then ack it."""
@@ -288,7 +293,7 @@ class Consumer:
                 with outbox.collecting() as written:
                     async with self.pool.acquire() as conn, conn.transaction():
                         await self.on_reject(conn, message, reason)
-                self._committed(written)  # the hook's outbox rows (order.rejected) go out now
+                await self._committed(written.messages())  # the hook's outbox rows (order.rejected) go out now
             except Exception:
                 log.exception("reject hook failed")
         metrics.DEAD_LETTERED.labels(self.queue_name, kind).inc()

@@ -1,9 +1,9 @@
 """Transactional outbox: write messages with the state change, publish them after commit.
 
 ``enqueue`` runs inside the caller's transaction. A writer that wraps its transaction in ``collecting()``
-(the consumer does, for every delivery) gets back the messages it wrote and hands them to its process's
-``OutboxRelay`` right after the commit: the relay publishes them at once, with confirms, and deletes their
-rows afterwards, in batches. Such rows are written *held*: for ``HOLD_SECONDS`` the relay's sweep leaves them
+(the consumer does, for every delivery) gets back the messages it wrote and publishes them through its
+process's ``OutboxRelay`` right after the commit, waiting for the confirms; the relay deletes their rows
+afterwards, in batches. Such rows are written *held*: for ``HOLD_SECONDS`` the relay's sweep leaves them
 to their writer, so they are not published twice; if the writer dies first, or the broker refuses them, the
 sweep publishes them once the hold has passed.
 
@@ -171,7 +171,6 @@ class OutboxRelay:
         self.copies = 2 if duplicate else 1
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
-        self._publishing: set[asyncio.Task[None]] = set()
         self._published: list[str] = []  # confirmed, their rows not yet deleted
         self._tidy = asyncio.Event()
         self._started_at: datetime | None = None
@@ -185,15 +184,10 @@ class OutboxRelay:
         """Sweep soon: a transaction that did not collect its rows committed some."""
         self._wake.set()
 
-    def publish_committed(self, messages: Sequence[Pending]) -> None:
-        """Publish rows their writer collected and committed, now, in their order; their rows are deleted
-        once confirmed. If the broker refuses them, they stay, and a sweep publishes them after the hold."""
-        if messages:
-            task = asyncio.create_task(self._publish_committed(list(messages)))
-            self._publishing.add(task)
-            task.add_done_callback(self._publishing.discard)
-
-    async def _publish_committed(self, messages: list[Pending]) -> None:
+    async def publish_committed(self, messages: Sequence[Pending]) -> None:
+        """Publish rows their writer collected and committed, in their order, and wait for the confirms; the
+        rows are deleted soon after. If the broker refuses them, they stay, and a sweep publishes them after
+        the hold: the failure is logged, not raised, since the writer's transaction is committed."""
         try:
             await self._publish(messages)
         except Exception:
@@ -304,9 +298,9 @@ class OutboxRelay:
             raise failed
 
     async def flush(self) -> None:
-        """At shutdown: finish the publishes after commit, delete their rows, then publish every row left,
-        held ones included (a row still held is this process's own, or a copy the inboxes absorb)."""
-        await asyncio.gather(*self._publishing, return_exceptions=True)
+        """At shutdown, once the consumers stopped: delete the rows published after their commit, then publish
+        every row left, held ones included (a row still held is this process's own, or a copy the inboxes
+        absorb)."""
         await self.tidy()
         while await self.publish_pending(held_before=_END_OF_TIME):
             pass

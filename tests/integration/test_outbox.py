@@ -96,7 +96,7 @@ async def test_collected_rows_are_published_after_the_commit_and_then_deleted(
     # A sweep now publishes nothing: the writer holds the rows.
     assert await relay.publish_pending() == 0
 
-    relay.publish_committed(collected)
+    await relay.publish_committed(collected)
     await heard.exactly(ids)
     tidy = asyncio.create_task(relay.run())
     try:
