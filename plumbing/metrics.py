@@ -22,5 +22,12 @@ DEAD_LETTERED = Counter(
     ["queue", "reason"],
 )
 OUTBOX_BACKLOG = Gauge("orderflow_outbox_backlog_messages", "Outbox rows not yet confirmed by the broker.", ["service"])
+OUTBOX_PUBLISHED = Counter(
+    "orderflow_outbox_published_total",
+    "Outbox messages the broker confirmed, by path: after_commit (by their writer, right after its commit) or "
+    "sweep (by the relay: rows of writers that do not collect theirs, and held rows whose writer died or whose "
+    "publish failed).",
+    ["service", "path"],
+)
 OUTBOX_AGE = Gauge("orderflow_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", ["service"])
 READY = Gauge("orderflow_ready", "1 when broker and database are connected and not draining.", ["service"])

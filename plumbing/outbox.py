@@ -193,6 +193,7 @@ class OutboxRelay:
         except Exception:
             log.warning("publishing after commit failed; the relay sweeps the rows after the hold", exc_info=True)
             return
+        metrics.OUTBOX_PUBLISHED.labels(self.service, "after_commit").inc(len(messages))
         self._published.extend(m.envelope.messageId for m in messages)
         self._tidy.set()
 
@@ -276,6 +277,7 @@ class OutboxRelay:
                     for row in rows
                 ]
             )
+        metrics.OUTBOX_PUBLISHED.labels(self.service, "sweep").inc(len(rows))
         # The backlog gauges are read when the outbox is found empty and at every scrape, not per batch.
         return len(rows)
 

@@ -8,12 +8,56 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from harness import Stack, db, eventually, http_json, new_id, order_body, outcome_of, publish_raw, seed, stock_of
+from harness import (
+    Stack,
+    db,
+    eventually,
+    http_json,
+    metric_value,
+    new_id,
+    order_body,
+    outcome_of,
+    publish_raw,
+    seed,
+    stock_of,
+)
 
 from devservers.smtp_sink import messages
 from orderctl.client import OutcomeListener
 
 pytestmark = pytest.mark.e2e
+
+
+def published(stack: Stack, service: str, path: str) -> float:
+    return metric_value(stack.port(service), "orderflow_outbox_published_total", service=service, path=path)
+
+
+async def test_handlers_publish_their_messages_themselves_and_the_sweep_has_none_left(
+    stack: Stack, channel, listener
+) -> None:
+    sku = new_id("sku-")
+    await seed(stack, {sku: (3, "5.00")})
+    before = {service: published(stack, service, "after_commit") for service in ("inventory", "orders")}
+    swept_before = {service: published(stack, service, "sweep") for service in ("inventory", "orders")}
+    order_id = new_id()
+    await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)])).encode())
+    assert (await outcome_of(listener, order_id))["status"] == "CONFIRMED"
+
+    # Inventory answered CheckInventory and ReserveInventory, orders CreateOrderRecord: each reply published
+    # by its handler right after the commit, none left held for the relay's sweep.
+    assert published(stack, "inventory", "after_commit") - before["inventory"] >= 2
+    assert published(stack, "orders", "after_commit") - before["orders"] >= 1
+    assert {service: published(stack, service, "sweep") for service in ("inventory", "orders")} == swept_before
+
+    async def outbox_empty(service: str) -> bool:
+        conn = await db(stack.settings, service)
+        try:
+            return await conn.fetchval("SELECT count(*) = 0 FROM outbox")
+        finally:
+            await conn.close()
+
+    for service in ("inventory", "orders"):
+        await eventually(lambda s=service: outbox_empty(s), timeout=10, what=f"the {service} outbox emptied")
 
 
 async def test_happy_path_confirms_with_effects_in_every_service(stack: Stack, channel, listener) -> None:
