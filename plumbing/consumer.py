@@ -7,9 +7,10 @@ message is handled in one PostgreSQL transaction that also claims its id in
 the inbox and writes every outgoing message to the outbox; right after that
 commit the consumer publishes those messages through its process's outbox
 relay, and acknowledges the delivery once the broker confirmed them (so a
-slow broker slows the consumer down instead of piling publishes up in memory). A database that is unreachable holds the
-delivery and retries with backoff; a handler that crashes has its delivery
-requeued, and after the queue's delivery limit the broker dead-letters it.
+slow broker slows the consumer down instead of piling publishes up in
+memory). A database that is unreachable holds the delivery and retries with
+backoff; a handler that crashes has its delivery requeued, and after the
+queue's delivery limit the broker dead-letters it.
 """
 
 import asyncio
