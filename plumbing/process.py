@@ -20,7 +20,7 @@ from plumbing.faults import FaultPlan
 from plumbing.http import SCRAPE_HOOKS, make_app, serve
 from plumbing.logs import setup_logging
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
-from plumbing.outbox import OutboxRelay
+from plumbing.relay import OutboxRelay
 from plumbing.settings import ProcessSettings
 from plumbing.topology import COMMANDS_EXCHANGE, declare_consumer_queue, q_name
 from plumbing.tracing import setup_tracing, shutdown_tracing

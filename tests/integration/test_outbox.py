@@ -16,6 +16,7 @@ from plumbing import outbox
 from plumbing.broker import Broker
 from plumbing.envelope import Envelope
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
+from plumbing.relay import OutboxRelay
 from plumbing.topology import EVENTS_EXCHANGE
 
 pytestmark = pytest.mark.integration
@@ -86,7 +87,7 @@ async def held(pool: asyncpg.Pool) -> list[str]:
 async def test_collected_rows_are_published_after_the_commit_and_then_deleted(
     pool: asyncpg.Pool, broker: Broker, heard: Heard
 ) -> None:
-    relay = outbox.OutboxRelay(pool, broker, service="test")
+    relay = OutboxRelay(pool, broker, service="test")
     sent = [message(heard.key) for _ in range(3)]
     collected = await write(pool, sent, hold_seconds=60)
     ids = [m.envelope.messageId for m in sent]
@@ -113,7 +114,7 @@ async def test_collected_rows_are_published_after_the_commit_and_then_deleted(
 async def test_held_rows_nobody_published_are_swept_once_the_hold_has_passed(
     pool: asyncpg.Pool, broker: Broker, heard: Heard
 ) -> None:
-    relay = outbox.OutboxRelay(pool, broker, service="test")
+    relay = OutboxRelay(pool, broker, service="test")
     # The writer "dies" after its commit: it never hands its rows over.
     orphan = message(heard.key)
     await write(pool, [orphan], hold_seconds=1.0)
@@ -128,7 +129,7 @@ async def test_held_rows_nobody_published_are_swept_once_the_hold_has_passed(
 
 
 async def test_rows_written_without_collecting_are_not_held(pool: asyncpg.Pool, broker: Broker, heard: Heard) -> None:
-    relay = outbox.OutboxRelay(pool, broker, service="test")
+    relay = OutboxRelay(pool, broker, service="test")
     sent = message(heard.key)
     async with pool.acquire() as conn, conn.transaction():
         await outbox.enqueue_many(conn, [sent])
@@ -153,7 +154,7 @@ async def test_only_rows_the_insert_wrote_are_collected(pool: asyncpg.Pool) -> N
 
 
 async def test_shutdown_flush_publishes_held_rows_too(pool: asyncpg.Pool, broker: Broker, heard: Heard) -> None:
-    relay = outbox.OutboxRelay(pool, broker, service="test")
+    relay = OutboxRelay(pool, broker, service="test")
     sent = [message(heard.key) for _ in range(2)]
     await write(pool, sent, hold_seconds=60)
     await relay.flush()
@@ -166,7 +167,7 @@ async def test_a_restarted_process_publishes_at_once_what_its_crashed_run_held(
 ) -> None:
     orphan = message(heard.key)
     await write(pool, [orphan], hold_seconds=60)  # committed by a run that died before publishing it
-    relay = outbox.OutboxRelay(pool, broker, service="test")
+    relay = OutboxRelay(pool, broker, service="test")
     await relay.mark_started()
     mine = message(heard.key)
     await write(pool, [mine], hold_seconds=60)  # this run's own, which its writer is about to publish
