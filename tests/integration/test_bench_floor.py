@@ -9,7 +9,8 @@ import asyncpg
 import pytest
 from harness import ADMIN_DSN
 
-from bench import floor
+from bench import floor, floor_broker, floor_postgres
+from bench.floor_window import FloorError
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +26,10 @@ def recording(names: list[str], make: Callable[[], str]) -> Callable[[], str]:
 async def test_floor_measures_both_and_cleans_up(amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     queues: list[str] = []
     databases: list[str] = []
-    monkeypatch.setattr(floor, "queue_name", recording(queues, floor.queue_name))
-    monkeypatch.setattr(floor, "scratch_database_name", recording(databases, floor.scratch_database_name))
+    monkeypatch.setattr(floor_broker, "queue_name", recording(queues, floor_broker.queue_name))
+    monkeypatch.setattr(
+        floor_postgres, "scratch_database_name", recording(databases, floor_postgres.scratch_database_name)
+    )
 
     result = await floor.measure_floor(amqp_url, ADMIN_DSN, seconds=1.5)
 
@@ -58,11 +61,11 @@ async def test_floor_measures_both_and_cleans_up(amqp_url: str, monkeypatch: pyt
 def test_a_lost_or_duplicated_message_fails_the_run() -> None:
     published = {"published": 3, "confirmed": 3, "in_window": 2}
     whole = {"consumed": 3, "distinct": 3, "highest": 2, "duplicates": 0, "in_window": 2}
-    assert floor.verify_broker_run(published, whole) == 3
+    assert floor_broker.verify_broker_run(published, whole) == 3
     lost = {**whole, "consumed": 2, "distinct": 2, "highest": 1}
     duplicated = {**whole, "consumed": 4, "duplicates": 1}
     for consumed in (lost, duplicated):
-        with pytest.raises(floor.FloorError):
-            floor.verify_broker_run(published, consumed)
-    with pytest.raises(floor.FloorError):
-        floor.verify_broker_run({**published, "confirmed": 2}, whole)
+        with pytest.raises(FloorError):
+            floor_broker.verify_broker_run(published, consumed)
+    with pytest.raises(FloorError):
+        floor_broker.verify_broker_run({**published, "confirmed": 2}, whole)
