@@ -162,7 +162,7 @@ class OutboxRelay:
         for pending in messages:
             with tracing.restored(pending.envelope.trace):
                 for _ in range(self.copies):
-                    message = pending.envelope.to_amqp(bytes(pending.body))
+                    message = pending.envelope.to_amqp(pending.body)
                     confirms.append(
                         asyncio.ensure_future(self.broker.publish(pending.exchange, pending.routing_key, message))
                     )

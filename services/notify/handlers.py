@@ -66,20 +66,20 @@ class NotifyHandlers:
         # are claimed in one statement, sent side by side, and their outcomes recorded in one statement.
         async with self.pool.acquire() as conn:
             claims = {row["channel"]: row["status"] for row in await conn.fetch(_CLAIM, command.orderId, list(sends))}
-            claimed = [channel for channel in sends if channel in claims and claims[channel] is None]
+            claimed = [channel for channel in sends if claims[channel] is None]  # the others' status is read
             finished = await asyncio.gather(
                 *(self._send(command, channel, sends[channel]) for channel in claimed), return_exceptions=True
             )
             # A send that crashed is not recorded: its row stays 'sending', an unknown outcome not sent again.
             outcomes = dict(zip(claimed, finished, strict=True))
-            recorded = [(c, r) for c, r in outcomes.items() if not isinstance(r, BaseException)]
+            recorded = [outcome[0] for outcome in outcomes.values() if not isinstance(outcome, BaseException)]
             if recorded:
                 await conn.execute(
                     _RECORD,
                     command.orderId,
-                    [c for c, _ in recorded],
-                    [r.status for _, (r, _) in recorded],
-                    [r.detail or "" for _, (r, _) in recorded],
+                    [r.channel for r in recorded],
+                    [r.status for r in recorded],
+                    [r.detail for r in recorded],
                 )
         crashed = next((r for r in finished if isinstance(r, BaseException)), None)
         if crashed is not None:
@@ -89,7 +89,7 @@ class NotifyHandlers:
         for channel in sends:
             outcome = outcomes.get(channel)
             if outcome is None:
-                result = ChannelResult(channel=channel, status="skipped", detail=f"already {claims.get(channel)}")
+                result = ChannelResult(channel=channel, status="skipped", detail=f"already {claims[channel]}")
             else:
                 assert not isinstance(outcome, BaseException)
                 result, error = outcome
