@@ -20,8 +20,10 @@ decline codes), lets a refunded charge be refunded again instead of answering
 test PaymentMethods.  Those are exactly the behaviours a payment saga's
 retry/compensation logic depends on.
 
-Supported: PaymentIntents (create/confirm/retrieve/capture/cancel), Refunds
-(create/retrieve), retrieval of Charges/PaymentMethods/Events, Stripe's
+Supported: PaymentIntents (create/confirm/retrieve/capture/cancel/list, and
+search by Stripe's query language, e.g. ``metadata['orderId']:'ORDER#1'``), Refunds
+(create/retrieve/list by ``payment_intent`` or ``charge``), retrieval of
+Charges/PaymentMethods/Events, Stripe's
 documented test PaymentMethods (see :mod:`.cards`) including 3-D Secure,
 idempotency keys with Stripe's replay/conflict rules, signed webhooks with
 retries, and ``/_test/*`` controls: ``state``, ``reset``, ``faults``,

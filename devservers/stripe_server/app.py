@@ -25,7 +25,9 @@ from .faults import FaultInjector
 from .forms import decode, parse_pairs
 from .idempotency import IdempotencyCache
 from .intents import PaymentIntents
+from .listing import created_matches, list_page, newest_first
 from .refunds import create_refund
+from .search import PAYMENT_INTENT_FIELDS, search_page
 from .store import REQUEST_CONTEXT, Store, new_id
 from .webhooks import DEFAULT_RETRY_DELAYS, WebhookDispatcher
 
@@ -202,6 +204,42 @@ async def post_refund(request: web.Request) -> web.Response:
     return _json(state.store.view(refund, _expand(request)))
 
 
+async def list_payment_intents(request: web.Request) -> web.Response:
+    """GET /v1/payment_intents, optionally of one ``customer``."""
+    store, params = request.app[STATE].store, request[PARAMS]
+    customer = params.get("customer")
+    found = [
+        pi
+        for pi in newest_first(store.payment_intents.values())
+        if created_matches(pi, params) and (not customer or pi.get("customer") == customer)
+    ]
+    return _json(list_page(store, found, params, url="/v1/payment_intents", noun="payment_intent"))
+
+
+async def search_payment_intents(request: web.Request) -> web.Response:
+    """GET /v1/payment_intents/search?query=metadata['orderId']:'ORDER#1'"""
+    store = request.app[STATE].store
+    found = newest_first(store.payment_intents.values())
+    page = search_page(store, found, request[PARAMS], url="/v1/payment_intents/search", fields=PAYMENT_INTENT_FIELDS)
+    return _json(page)
+
+
+async def list_refunds(request: web.Request) -> web.Response:
+    """GET /v1/refunds, optionally of one ``payment_intent`` or ``charge``."""
+    store, params = request.app[STATE].store, request[PARAMS]
+    if params.get("payment_intent"):
+        store.get("pi", str(params["payment_intent"]), param="payment_intent")
+    if params.get("charge"):
+        store.get("ch", str(params["charge"]), param="charge")
+    found = [
+        r
+        for r in newest_first(store.refunds.values())
+        if created_matches(r, params)
+        and all(not params.get(key) or r[key] == params[key] for key in ("payment_intent", "charge"))
+    ]
+    return _json(list_page(store, found, params, url="/v1/refunds", noun="refund"))
+
+
 async def retrieve(request: web.Request) -> web.Response:
     """GET /v1/{payment_intents|charges|refunds|payment_methods|events}/{id}"""
     kind = RETRIEVABLE.get(request.match_info["collection"])
@@ -306,6 +344,9 @@ def make_app(
     r.add_post("/v1/payment_intents", create_payment_intent)
     r.add_post(r"/v1/payment_intents/{id}/{action:confirm|cancel|capture}", payment_intent_action)
     r.add_post("/v1/refunds", post_refund)
+    r.add_get("/v1/payment_intents", list_payment_intents)
+    r.add_get("/v1/payment_intents/search", search_payment_intents)  # before /v1/{collection}/{id}
+    r.add_get("/v1/refunds", list_refunds)
     r.add_get("/v1/{collection}/{id}", retrieve)
     r.add_get("/_test/state", test_state)
     r.add_post("/_test/reset", test_reset)

@@ -435,6 +435,117 @@ async def test_refund_without_successful_charge(client: stripe.StripeClient) -> 
     assert "does not have a successful charge" in refund_info.value.user_message
 
 
+# ---------------------------------------------------------------- listing and search
+async def pay_for(client: stripe.StripeClient, order_id: str, amount: int = 2000) -> stripe.PaymentIntent:
+    """A succeeded PaymentIntent of ``order_id``, as the payment service creates it."""
+    return await client.v1.payment_intents.create_async(pay(amount=amount, metadata={"orderId": order_id}))
+
+
+@pytest.mark.asyncio
+async def test_search_payment_intents_by_metadata_pages_through_every_match(client: stripe.StripeClient) -> None:
+    mine = [await pay_for(client, "ORDER#1", 1000 + i) for i in range(5)]
+    await pay_for(client, "ORDER#2")
+    query = "metadata['orderId']:'ORDER#1'"
+
+    first = await client.v1.payment_intents.search_async({"query": query, "limit": 2})
+    assert first.object == "search_result" and first.url == "/v1/payment_intents/search"
+    assert [pi.id for pi in first.data] == [mine[4].id, mine[3].id]  # newest first
+    assert first.has_more and first.next_page
+    second = await client.v1.payment_intents.search_async({"query": query, "limit": 2, "page": first.next_page})
+    assert [pi.id for pi in second.data] == [mine[2].id, mine[1].id]
+    every = [pi.id async for pi in first.auto_paging_iter()]
+    assert every == [pi.id for pi in reversed(mine)]
+    last = await client.v1.payment_intents.search_async({"query": query, "limit": 5})
+    assert not last.has_more and last.next_page is None
+
+    both = await client.v1.payment_intents.search_async({"query": f"{query} AND amount>=1003 AND status:'succeeded'"})
+    assert sorted(pi.amount for pi in both.data) == [1003, 1004]
+    either = await client.v1.payment_intents.search_async(
+        {"query": "metadata['orderId']:'ORDER#2' OR amount:1000", "limit": 10}
+    )
+    assert len(either.data) == 2
+    negated = await client.v1.payment_intents.search_async({"query": f"-{query}"})
+    assert [pi.metadata["orderId"] for pi in negated.data] == ["ORDER#2"]
+    none = await client.v1.payment_intents.search_async({"query": "metadata['orderId']:'ORDER#404'"})
+    assert none.data == [] and not none.has_more
+
+
+@pytest.mark.asyncio
+async def test_search_values_with_quotes_are_escaped(client: stripe.StripeClient) -> None:
+    odd = await pay_for(client, 'ORDER#it\'s "odd"')
+    await pay_for(client, "ORDER#its")
+    single = "metadata['orderId']:'ORDER#it\\'s \"odd\"'"
+    double = 'metadata["orderId"]:"ORDER#it\'s \\"odd\\""'
+    for query in (single, double):
+        found = await client.v1.payment_intents.search_async({"query": query})
+        assert [pi.id for pi in found.data] == [odd.id], query
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "metadata['orderId']",  # no value
+        "nickname:'x'",  # not a searchable field
+        "currency>'usd'",  # range on a text field
+        "amount:1 AND status:'succeeded' OR currency:'usd'",  # AND with OR
+        "amount:1 status:'succeeded'",  # no joiner
+    ],
+)
+async def test_search_rejects_a_query_it_cannot_read(client: stripe.StripeClient, query: str) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        await client.v1.payment_intents.search_async({"query": query})
+    assert info.value.http_status == 400 and info.value.param == "query"
+
+
+@pytest.mark.asyncio
+async def test_search_page_token_and_limit_are_checked(client: stripe.StripeClient) -> None:
+    for params in ({"page": "not-a-token"}, {"limit": 101}, {"limit": 0}):
+        with pytest.raises(stripe.InvalidRequestError) as info:
+            await client.v1.payment_intents.search_async(cast(Any, {"query": "status:'succeeded'", **params}))
+        assert info.value.http_status == 400
+
+
+@pytest.mark.asyncio
+async def test_list_payment_intents_with_cursors(client: stripe.StripeClient) -> None:
+    made = [await pay_for(client, f"ORDER#{i}") for i in range(5)]
+    newest = [pi.id for pi in reversed(made)]
+
+    page = await client.v1.payment_intents.list_async({"limit": 2})
+    assert page.object == "list" and page.url == "/v1/payment_intents"
+    assert [pi.id for pi in page.data] == newest[:2] and page.has_more
+    after = await client.v1.payment_intents.list_async({"limit": 2, "starting_after": newest[1]})
+    assert [pi.id for pi in after.data] == newest[2:4] and after.has_more
+    before = await client.v1.payment_intents.list_async({"limit": 2, "ending_before": newest[3]})
+    assert [pi.id for pi in before.data] == newest[1:3] and before.has_more
+    assert [pi.id async for pi in page.auto_paging_iter()] == newest
+    later = await client.v1.payment_intents.list_async({"created": {"gt": made[-1].created}})
+    assert later.data == []
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        await client.v1.payment_intents.list_async({"starting_after": "pi_unknown"})
+    assert info.value.param == "starting_after"
+
+
+@pytest.mark.asyncio
+async def test_list_refunds_of_a_payment_intent(client: stripe.StripeClient) -> None:
+    pi = await pay_for(client, "ORDER#1", 1000)
+    other = await pay_for(client, "ORDER#2", 1000)
+    made = [await client.v1.refunds.create_async({"payment_intent": pi.id, "amount": 100 * (i + 1)}) for i in range(3)]
+    await client.v1.refunds.create_async({"payment_intent": other.id})
+
+    page = await client.v1.refunds.list_async({"payment_intent": pi.id, "limit": 2})
+    assert page.object == "list" and page.url == "/v1/refunds" and page.has_more
+    assert [r.id for r in page.data] == [made[2].id, made[1].id]
+    assert [r.amount async for r in page.auto_paging_iter()] == [300, 200, 100]
+    by_charge = await client.v1.refunds.list_async({"charge": str(other.latest_charge)})
+    assert [r.amount for r in by_charge.data] == [1000]
+    assert len((await client.v1.refunds.list_async({"limit": 100})).data) == 4
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        await client.v1.refunds.list_async({"payment_intent": "pi_unknown"})
+    assert info.value.code == "resource_missing" and info.value.param == "payment_intent"
+
+
 # ---------------------------------------------------------------- 3-D Secure + webhooks
 async def register_endpoint(sim: RunningServer, url: str, secret: str) -> None:
     """Add a webhook endpoint at runtime."""
