@@ -16,6 +16,7 @@ from orchestrator.status import saga_view
 from orderctl import client
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.demo import run_demo, steps_taken
+from orderctl.outbox import cmd_outbox
 from orderctl.provision import migrate_all
 from orderctl.supervisor import Supervisor, children
 from plumbing import outbox
@@ -301,6 +302,17 @@ def parser() -> argparse.ArgumentParser:
     q_purge.add_argument("--message-id", action="append", help="a dead letter's message id (repeatable)")
     q_purge.add_argument("--yes", action="store_true", help="really delete")
     q.set_defaults(run=cmd_dlq)
+
+    ob = sub.add_parser("outbox", help="list, retry or drop outbox rows the relay parked as unpublishable")
+    ob_sub = ob.add_subparsers(dest="action", required=True)
+    ob_list = ob_sub.add_parser("parked", help="every parked row with its reason")
+    ob_list.add_argument("--service", choices=[s.name for s in SERVICES])
+    ob_list.add_argument("--json", action="store_true")
+    for action, what in [("retry", "put a parked row back into the outbox"), ("drop", "delete a parked row")]:
+        ob_action = ob_sub.add_parser(action, help=what)
+        ob_action.add_argument("id", type=int, help="the row's id, as `orderctl outbox parked` shows it")
+        ob_action.add_argument("--service", required=True, choices=[s.name for s in SERVICES])
+    ob.set_defaults(run=cmd_outbox)
     return p
 
 

@@ -30,4 +30,12 @@ OUTBOX_PUBLISHED = Counter(
     ["service", "path"],
 )
 OUTBOX_AGE = Gauge("orderflow_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", ["service"])
+OUTBOX_PARKED = Counter(
+    "orderflow_outbox_parked_total",
+    "Outbox rows the relay parked in outbox_parked: unpublishable, refused by the broker, or failed too often.",
+    ["service"],
+)
+OUTBOX_PARKED_ROWS = Gauge(
+    "orderflow_outbox_parked_messages", "Rows in outbox_parked, waiting for orderctl outbox retry or drop.", ["service"]
+)
 READY = Gauge("orderflow_ready", "1 when broker and database are connected and not draining.", ["service"])

@@ -85,7 +85,13 @@ class Process:
         self.pool = await _create_pool_with_retry(self.settings)
         self.broker = Broker(self.settings.amqp_url, name=self.name)
         await self.broker.connect()
-        self.relay = OutboxRelay(self.pool, self.broker, service=self.name, duplicate=self.settings.duplicate_publish)
+        self.relay = OutboxRelay(
+            self.pool,
+            self.broker,
+            service=self.name,
+            duplicate=self.settings.duplicate_publish,
+            max_attempts=self.settings.outbox_max_attempts,
+        )
         await self.relay.mark_started()
         if self.on_start is not None:
             await self.on_start(self)

@@ -42,6 +42,12 @@ class ProcessSettings(BaseSettings):
         "the standard library's loop.",
     )
     drain_seconds: float = Field(20.0, description="Bound on graceful shutdown after SIGTERM.")
+    outbox_max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Failed publishes in a row (the broker unreachable does not count) after which the relay "
+        "parks an outbox row in outbox_parked instead of retrying it for ever.",
+    )
     otel_exporter_otlp_endpoint: str | None = Field(
         None, description="OpenTelemetry collector (OTLP/HTTP); tracing exports nothing when unset."
     )

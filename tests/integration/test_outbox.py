@@ -1,6 +1,8 @@
 """The outbox against a real database and broker: a writer that collects its rows publishes them itself right
 after the commit, and the relay's sweep leaves them alone while they are held; rows nobody publishes (the
-writer died, or they were written without collecting) are swept, held ones once their hold has passed."""
+writer died, or they were written without collecting) are swept, held ones once their hold has passed. A row
+that can never be published is parked in outbox_parked, and the rows around it are published; orderctl lists,
+retries and drops parked rows."""
 
 import asyncio
 import uuid
@@ -10,14 +12,16 @@ import aio_pika
 import asyncpg
 import pytest
 from harness import eventually, migrated_pool
+from prometheus_client import REGISTRY
 
 from contracts.orders import OrderRejected
+from orderctl import outbox as orderctl_outbox
 from plumbing import outbox
 from plumbing.broker import Broker
 from plumbing.envelope import Envelope
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
-from plumbing.relay import OutboxRelay
-from plumbing.topology import EVENTS_EXCHANGE
+from plumbing.relay import BrokerAway, OutboxRelay
+from plumbing.topology import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +187,154 @@ async def test_a_restarted_process_publishes_at_once_what_its_crashed_run_held(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await relay.close()
+
+
+# -- rows that cannot be published (issue 14) ------------------------------------------------------------------
+def unpublishable(key: str) -> outbox.Outgoing:
+    """A message whose correlation id is 150 'é': 300 bytes of UTF-8, where an AMQP short string holds 255."""
+    order_id = "é" * 150
+    envelope = Envelope(type="OrderRejected", correlationId=order_id)
+    return outbox.Outgoing(EVENTS_EXCHANGE, key, envelope, OrderRejected(orderId=order_id, reasons=["test"]))
+
+
+def unroutable() -> outbox.Outgoing:
+    """A command to a routing key no queue binds: the broker returns it (mandatory) at every publish."""
+    envelope = Envelope(type="OrderRejected", correlationId="ORDER#outbox")
+    key = f"test.outbox.nobody-{uuid.uuid4().hex[:8]}"
+    return outbox.Outgoing(COMMANDS_EXCHANGE, key, envelope, OrderRejected(orderId="ORDER#outbox", reasons=["test"]))
+
+
+async def enqueue(pool: asyncpg.Pool, messages: list[outbox.Outgoing]) -> None:
+    """Rows written the way a timer or a webhook writes them: committed, not held, left to the relay's sweep."""
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.enqueue_many(conn, messages)
+
+
+def parked_total(service: str) -> float:
+    return REGISTRY.get_sample_value("orderflow_outbox_parked_total", {"service": service}) or 0.0
+
+
+async def test_a_row_that_cannot_be_a_message_is_parked_and_the_rest_of_its_batch_published(
+    pool: asyncpg.Pool, broker: Broker, heard: Heard
+) -> None:
+    service = f"test-{uuid.uuid4().hex[:6]}"
+    relay = OutboxRelay(pool, broker, service=service)
+    before = [message(heard.key) for _ in range(2)]
+    poison = unpublishable(heard.key)
+    after = [message(heard.key) for _ in range(2)]
+    await enqueue(pool, before)
+    await enqueue(pool, [poison])
+    await enqueue(pool, after)
+
+    assert await relay.publish_pending() == 5
+    await heard.exactly([m.envelope.messageId for m in before + after])
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    parked = await pool.fetch("SELECT * FROM outbox_parked")
+    assert [row["message_id"] for row in parked] == [poison.envelope.messageId]
+    row = parked[0]
+    assert row["reason"].startswith("unpublishable:") and "255 bytes" in row["reason"], row["reason"]
+    assert row["attempts"] == 1 and row["first_failed_at"] is not None and row["parked_at"] is not None
+    assert row["envelope"]["correlationId"] == "é" * 150 and row["routing_key"] == heard.key
+    assert parked_total(service) == 1
+    assert REGISTRY.get_sample_value("orderflow_outbox_parked_messages", {"service": service}) == 1
+
+    # The next sweep has nothing left: the parked row no longer holds anything up.
+    assert await relay.publish_pending() == 0
+
+
+async def test_rows_the_writer_could_not_publish_after_its_commit_are_swept_and_the_poison_parked(
+    pool: asyncpg.Pool, broker: Broker, heard: Heard
+) -> None:
+    relay = OutboxRelay(pool, broker, service="test")
+    sent = [message(heard.key), unpublishable(heard.key), message(heard.key)]
+    collected = await write(pool, sent, hold_seconds=60)
+    await relay.publish_committed(collected)
+    # The writer's good rows were confirmed (and are deleted soon); the poison stays, held, for the sweep.
+    await heard.exactly([sent[0].envelope.messageId, sent[2].envelope.messageId])
+    await relay.tidy()
+    assert [r[0] for r in await pool.fetch("SELECT message_id FROM outbox")] == [sent[1].envelope.messageId]
+    await relay.flush()
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert await pool.fetchval("SELECT message_id FROM outbox_parked") == sent[1].envelope.messageId
+
+
+async def test_a_row_that_keeps_failing_is_parked_after_max_attempts(
+    pool: asyncpg.Pool, broker: Broker, heard: Heard
+) -> None:
+    relay = OutboxRelay(pool, broker, service="test", max_attempts=2)
+    returned, good = unroutable(), message(heard.key)
+    await enqueue(pool, [returned, good])
+
+    assert await relay.publish_pending() == 2
+    await heard.exactly([good.envelope.messageId])
+    row = await pool.fetchrow("SELECT attempts, first_failed_at, held_until > now() AS delayed FROM outbox")
+    assert (row["attempts"], row["delayed"]) == (1, True), "counted once, and tried again only after a delay"
+    assert row["first_failed_at"] is not None
+    assert await relay.publish_pending() == 0, "the failed row waits for its delay"
+
+    async def parked() -> str | None:
+        await relay.publish_pending()
+        return await pool.fetchval("SELECT reason FROM outbox_parked")
+
+    reason = await eventually(parked, timeout=15, what="the row parked at its second failure")
+    assert reason.startswith("failed: 2 publishes in a row failed since"), reason
+    assert "PublishError" in reason or "NO_ROUTE" in reason, reason
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_the_broker_being_away_is_not_a_reason_to_park(pool: asyncpg.Pool, amqp_url: str) -> None:
+    away = Broker(amqp_url, name="test-outbox-away")
+    await away.connect()
+    await away.close()  # a process whose connection is gone: every publish fails
+    relay = OutboxRelay(pool, away, service="test", max_attempts=1)
+    sent = message("test.outbox.any")
+    await enqueue(pool, [sent])
+    for _ in range(3):
+        with pytest.raises(BrokerAway):
+            await relay.publish_pending()
+    row = await pool.fetchrow("SELECT message_id, attempts, held_until FROM outbox")
+    assert tuple(row) == (sent.envelope.messageId, 0, None), "not counted, not delayed, not parked"
+    assert await pool.fetchval("SELECT count(*) FROM outbox_parked") == 0
+
+
+async def test_a_parked_row_is_listed_retried_and_dropped_with_orderctl(
+    pool: asyncpg.Pool, broker: Broker, heard: Heard
+) -> None:
+    relay = OutboxRelay(pool, broker, service="test", max_attempts=1)
+    returned, poison = unroutable(), unpublishable(heard.key)
+    await enqueue(pool, [returned, poison])
+    assert await relay.publish_pending() == 2
+    async with pool.acquire() as conn:
+        rows = await orderctl_outbox.parked(conn, "orders")
+    assert [r.message_id for r in rows] == [returned.envelope.messageId, poison.envelope.messageId]
+    assert rows[0].reason.startswith("failed: 1 publishes") and rows[1].reason.startswith("unpublishable:")
+    assert rows[0].service == "orders" and rows[0].type == "OrderRejected" and rows[0].attempts == 1
+    assert "unpublishable" in orderctl_outbox.render(rows)
+
+    # What made the first one fail is repaired (a queue now binds its routing key): retried, it is published.
+    assert broker.connection is not None
+    channel = await broker.connection.channel()
+    queue = await channel.declare_queue("", exclusive=True)
+    await queue.bind(COMMANDS_EXCHANGE, returned.routing_key)
+    async with pool.acquire() as conn:
+        assert await orderctl_outbox.retry(conn, rows[0].id)
+        assert not await orderctl_outbox.retry(conn, rows[0].id), "no longer parked"
+        assert [r.message_id for r in await orderctl_outbox.parked(conn, "orders")] == [poison.envelope.messageId]
+        back = await conn.fetchrow("SELECT message_id, attempts, held_until FROM outbox")
+        assert tuple(back) == (returned.envelope.messageId, 0, None)
+    assert await relay.publish_pending() == 1
+
+    async def delivered() -> bool:
+        message = await queue.get(no_ack=True, fail=False)
+        return message is not None and message.message_id == returned.envelope.messageId
+
+    await eventually(delivered, timeout=10, what="the retried row delivered")
+
+    async with pool.acquire() as conn:
+        assert await orderctl_outbox.drop(conn, rows[1].id)
+        assert not await orderctl_outbox.drop(conn, rows[1].id)
+        assert await orderctl_outbox.parked(conn, "orders") == []
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    await relay.publish_pending()  # finds the outbox empty and reads the gauges
+    assert REGISTRY.get_sample_value("orderflow_outbox_parked_messages", {"service": "test"}) == 0
+    await channel.close()
