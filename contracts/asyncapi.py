@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
+from contracts.orders import OrderStatus
 from contracts.registry import MESSAGES, MessageSpec
 from plumbing.envelope import HEADER_ATTEMPT, HEADER_CAUSATION, HEADER_OCCURRED, HEADER_SCHEMA, SCHEMA_VERSION, Envelope
 from plumbing.topology import (
@@ -83,17 +84,28 @@ def routes_to(binding: tuple[str, str], spec: MessageSpec) -> bool:
     return key in keys
 
 
-def consumer_queues() -> dict[str, tuple[str, str]]:
-    """Every consumer queue with its binding, as orchestrator.main and plumbing.process declare them."""
+Binding = tuple[str, str]
+
+
+def consumer_queues() -> dict[str, list[Binding]]:
+    """Every consumer queue with its bindings (exchange, routing key), as orchestrator.main and plumbing.process
+    declare them."""
     requested = next(s for s in MESSAGES if s.model.__name__ == "OrderRequested")
     reply_key = next(s.routing_key for s in MESSAGES if s.kind == "reply")
     services = sorted({s.routing_key.split(".", 1)[0] for s in MESSAGES if s.kind == "command"})
-    queues = {q_name("orchestrator", "order-requests"): (EVENTS_EXCHANGE, requested.routing_key)}
-    queues[q_name("orchestrator", "replies")] = (REPLIES_EXCHANGE, reply_key)
-    queues |= {q_name(service, "commands"): (COMMANDS_EXCHANGE, f"{service}.#") for service in services}
-    # Inventory hears order.confirmed to commit the order's reservation.
-    queues[q_name("inventory", "order-events")] = (EVENTS_EXCHANGE, "order.confirmed")
+    queues = {q_name("orchestrator", "order-requests"): [(EVENTS_EXCHANGE, requested.routing_key)]}
+    queues[q_name("orchestrator", "replies")] = [(REPLIES_EXCHANGE, reply_key)]
+    queues |= {q_name(service, "commands"): [(COMMANDS_EXCHANGE, f"{service}.#")] for service in services}
+    # Inventory hears every outcome: order.confirmed commits the reservation, and the sweeper releases a stale hold
+    # only of an order known to have ended otherwise. Not order.rejected: a rejected order reserved nothing.
+    queues[q_name("inventory", "order-events")] = [
+        (EVENTS_EXCHANGE, f"order.{status.lower()}") for status in get_args(OrderStatus)
+    ]
     return queues
+
+
+def routed_to_queue(bindings: list[Binding], spec: MessageSpec) -> bool:
+    return any(routes_to(binding, spec) for binding in bindings)
 
 
 def _channel_id(spec: MessageSpec) -> str:
@@ -142,10 +154,9 @@ def _exchange_channels() -> dict[str, Any]:
     return channels
 
 
-def _queue_channel(queue: str, binding: tuple[str, str], specs: list[MessageSpec], *, dead_letter: str | None) -> Any:
-    exchange, key = binding
+def _queue_channel(queue: str, bindings: list[Binding], specs: list[MessageSpec], *, dead_letter: str | None) -> Any:
     arguments: dict[str, Any] = {"x-queue-type": "quorum"}
-    description = f"Durable quorum queue bound to `{exchange}` with `{key}`."
+    description = "Durable quorum queue bound to " + ", ".join(f"`{e}` with `{k}`" for e, k in bindings) + "."
     if dead_letter:
         arguments |= {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, "x-dead-letter-routing-key": queue}
         description += f" Unreadable messages, and any after DELIVERY_LIMIT deliveries, go to `{dead_letter}`."
@@ -157,7 +168,7 @@ def _queue_channel(queue: str, binding: tuple[str, str], specs: list[MessageSpec
                 "is": "queue",
                 "queue": {"autoDelete": False, "durable": True, "exclusive": False, "name": queue},
                 "x-arguments": arguments,
-                "x-bindings": [{"exchange": exchange, "routingKey": key}],
+                "x-bindings": [{"exchange": exchange, "routingKey": key} for exchange, key in bindings],
             }
         },
         "description": description,
@@ -168,11 +179,13 @@ def _queue_channel(queue: str, binding: tuple[str, str], specs: list[MessageSpec
 def _queue_channels() -> dict[str, Any]:
     """Each consumer queue with the messages routed to it, and its dead-letter queue."""
     channels: dict[str, Any] = {}
-    for queue, binding in consumer_queues().items():
-        specs = [s for s in MESSAGES if routes_to(binding, s)]
+    for queue, bindings in consumer_queues().items():
+        specs = [s for s in MESSAGES if routed_to_queue(bindings, s)]
         dlq = dq_name(queue)
-        channels[_spec_id(f"queue.{queue}")] = _queue_channel(queue, binding, specs, dead_letter=dlq)
-        channels[_spec_id(f"queue.{dlq}")] = _queue_channel(dlq, (DEAD_LETTER_EXCHANGE, queue), specs, dead_letter=None)
+        channels[_spec_id(f"queue.{queue}")] = _queue_channel(queue, bindings, specs, dead_letter=dlq)
+        channels[_spec_id(f"queue.{dlq}")] = _queue_channel(
+            dlq, [(DEAD_LETTER_EXCHANGE, queue)], specs, dead_letter=None
+        )
     return channels
 
 
@@ -193,7 +206,7 @@ def _operations() -> dict[str, Any]:
     operations: dict[str, Any] = {}
     for spec in MESSAGES:
         name = spec.model.__name__
-        queue = next((q for q, binding in queues.items() if routes_to(binding, spec)), None)
+        queue = next((q for q, bindings in queues.items() if routed_to_queue(bindings, spec)), None)
         if queue is not None:
             receive = _operation(spec, "receive")
             receive["bindings"] = {"amqp": {"ack": True, "bindingVersion": BINDING_VERSION}}

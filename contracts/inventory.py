@@ -42,3 +42,13 @@ class ReleaseInventory(Contract):
 class InventoryReleased(Contract):
     released: bool = Field(description="False when nothing was reserved: a no-op success.")
     items: list[OrderItem] = Field(default_factory=list)
+
+
+class CommitReservation(Contract):
+    """The order is CONFIRMED: its reservation is sold, no longer a hold. Acknowledged, so it is retried."""
+
+    orderId: OrderId
+
+
+class ReservationCommitted(Contract):
+    committed: int = Field(description="Reservations turned committed now; 0 when already committed.")

@@ -18,3 +18,15 @@ class OrderRecordCreated(Contract):
     orderId: OrderId
     status: str
     created: bool = Field(description="False when a duplicate command updated the existing record.")
+
+
+class VoidOrderRecord(Contract):
+    """Compensation: the order failed after CreateOrderRecord may have run. Voids the record if it exists and
+    leaves a tombstone, so a CreateOrderRecord that lands later writes nothing."""
+
+    orderId: OrderId
+    reason: str = Field("", max_length=500)
+
+
+class OrderRecordVoided(Contract):
+    voided: bool = Field(description="False when no record existed: the tombstone alone was written.")

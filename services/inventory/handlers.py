@@ -5,14 +5,17 @@ from collections import Counter
 from contracts.base import OrderItem, PricedLine
 from contracts.inventory import (
     CheckInventory,
+    CommitReservation,
     InventoryChecked,
     InventoryReleased,
     InventoryReserved,
     ReleaseInventory,
+    ReservationCommitted,
     ReserveInventory,
 )
 from contracts.orders import OrderOutcome
 from plumbing.consumer import MessageContext
+from plumbing.errors import Compensated
 from services.inventory import repository as repo
 from services.inventory.errors import InsufficientStockError, InventoryError
 
@@ -51,6 +54,9 @@ async def check_inventory(ctx: MessageContext, command: CheckInventory) -> Inven
 
 
 async def reserve_inventory(ctx: MessageContext, command: ReserveInventory) -> InventoryReserved:
+    await repo.lock_order(ctx.conn, command.orderId)
+    if await repo.is_released(ctx.conn, command.orderId):
+        raise Compensated("the order's reservation was released before this command ran; reserving nothing")
     existing = await repo.reservation_by_idempotency(ctx.conn, command.idempotencyId)
     if existing is not None:
         lines = await repo.reservation_lines(ctx.conn, existing["reservation_id"])
@@ -74,6 +80,8 @@ async def reserve_inventory(ctx: MessageContext, command: ReserveInventory) -> I
 
 
 async def release_inventory(ctx: MessageContext, command: ReleaseInventory) -> InventoryReleased:
+    await repo.lock_order(ctx.conn, command.orderId)
+    await repo.mark_released(ctx.conn, command.orderId)  # the tombstone a late ReserveInventory reads
     remembered = await repo.idempotent_result(ctx.conn, command.idempotencyId)
     if remembered is not None:
         return InventoryReleased.model_validate(remembered)
@@ -90,7 +98,14 @@ async def release_inventory(ctx: MessageContext, command: ReleaseInventory) -> I
     return result
 
 
-async def commit_confirmed(ctx: MessageContext, event: OrderOutcome) -> None:
-    """order.confirmed: the reservation is sold, no longer a hold the sweeper may release."""
+async def commit_reservation(ctx: MessageContext, command: CommitReservation) -> ReservationCommitted:
+    """The saga's acknowledged commit of a CONFIRMED order's stock: sold, no longer a hold."""
+    return ReservationCommitted(committed=await repo.commit_reservations(ctx.conn, command.orderId))
+
+
+async def record_outcome(ctx: MessageContext, event: OrderOutcome) -> None:
+    """order.<status>: remember how the saga ended, which is what lets the sweeper release a hold. A confirmed
+    order's reservation is committed here too, in case the event overtakes the saga's CommitReservation."""
+    await repo.record_outcome(ctx.conn, event.orderId, event.status)
     if event.status == "CONFIRMED":
         await repo.commit_reservations(ctx.conn, event.orderId)

@@ -1,12 +1,13 @@
 """The inventory process."""
 
 from pathlib import Path
+from typing import get_args
 
 import asyncpg
 from pydantic import Field
 
-from contracts.inventory import CheckInventory, ReleaseInventory, ReserveInventory
-from contracts.orders import OrderOutcome
+from contracts.inventory import CheckInventory, CommitReservation, ReleaseInventory, ReserveInventory
+from contracts.orders import OrderOutcome, OrderStatus
 from plumbing.commands import command_route
 from plumbing.consumer import Route
 from plumbing.process import Process, QueueSpec, command_process, run_process, service_migrations
@@ -36,13 +37,15 @@ def build(settings: InventorySettings) -> Process:
             "CheckInventory": command_route(CheckInventory, handlers.check_inventory),
             "ReserveInventory": command_route(ReserveInventory, handlers.reserve_inventory),
             "ReleaseInventory": command_route(ReleaseInventory, handlers.release_inventory),
+            "CommitReservation": command_route(CommitReservation, handlers.commit_reservation),
         },
     )
     process.queues.append(
         QueueSpec(
             queue=q_name(SERVICE, "order-events"),
-            bindings=[(EVENTS_EXCHANGE, "order.confirmed")],
-            routes={"OrderOutcome": Route(OrderOutcome, handlers.commit_confirmed)},
+            # Every outcome (not order.rejected: a rejected order never reserved anything).
+            bindings=[(EVENTS_EXCHANGE, f"order.{status.lower()}") for status in get_args(OrderStatus)],
+            routes={"OrderOutcome": Route(OrderOutcome, handlers.record_outcome)},
             default_type="OrderOutcome",
         )
     )

@@ -1,18 +1,23 @@
 """Inventory's safety nets: the reservation sweeper and the purge of old idempotency records.
 
-The sweeper releases reservations still active past a configurable age: a
-saga that ended without releasing (a bug, a lost compensation) must not hold
-stock for ever. The age must exceed the longest saga, or a slow order would
-lose its stock; it is counted, so it can be alerted on.
+Its inbox is purged by every process's retention loop (plumbing/retention.py); the idempotency records
+(the guide's 7-day cache) are purged here, by the same batched delete.
+
+The sweeper releases reservations still active past a configurable age whose
+order is known (from its order.<status> event) to have ended otherwise than
+CONFIRMED: a saga that ended without releasing (a compensation that failed)
+must not hold stock for ever. A running saga's hold, and a confirmed order's
+sold stock whose commit has not arrived, are never released by age: they are
+counted in orderflow_reservations_unresolved for an operator.
 """
 
 import asyncio
 import logging
 
 import asyncpg
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
-from plumbing import inbox
+from plumbing import retention
 from services.inventory import repository as repo
 
 log = logging.getLogger(__name__)
@@ -20,13 +25,19 @@ log = logging.getLogger(__name__)
 RESERVATIONS_SWEPT = Counter(
     "orderflow_reservations_swept_total", "Active reservations the sweeper released for being too old."
 )
+RESERVATIONS_UNRESOLVED = Gauge(
+    "orderflow_reservations_unresolved",
+    "Reservations active past their age that the sweeper keeps: no outcome known for the order, or CONFIRMED "
+    "and not yet committed. Never released by age; an operator looks at them.",
+)
 RECORDS_PURGED = Counter(
-    "orderflow_idempotency_records_purged_total", "Idempotency records and inbox rows purged after retention."
+    "orderflow_idempotency_records_purged_total", "Idempotency records purged after their retention."
 )
 
 
 async def sweep_once(pool: asyncpg.Pool, *, max_age_seconds: float, batch: int = 100) -> int:
-    """Release every reservation active for longer than ``max_age_seconds``; returns how many."""
+    """Release every reservation active for longer than ``max_age_seconds`` whose order ended otherwise than
+    CONFIRMED; returns how many. The other old holds are counted, never released."""
     released = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
@@ -36,6 +47,8 @@ async def sweep_once(pool: asyncpg.Pool, *, max_age_seconds: float, batch: int =
         released += len(stale)
         if len(stale) < batch:
             break
+    async with pool.acquire() as conn:
+        RESERVATIONS_UNRESOLVED.set(await repo.unresolved_reservations(conn, max_age_seconds))
     if released:
         RESERVATIONS_SWEPT.inc(released)
         log.warning("sweeper released stale reservations", extra={"fields": {"released": released}})
@@ -43,9 +56,9 @@ async def sweep_once(pool: asyncpg.Pool, *, max_age_seconds: float, batch: int =
 
 
 async def purge_once(pool: asyncpg.Pool, *, retention_days: int) -> int:
-    async with pool.acquire() as conn:
-        purged = await repo.purge_idempotency_records(conn, retention_days)
-        purged += await inbox.purge(conn, older_than_days=retention_days)
+    """Delete idempotency records older than ``retention_days``, in bounded batches; returns how many."""
+    rule = retention.Rule(table="idempotency_record", column="created_at", hours=retention_days * 24.0)
+    purged = await retention.purge(pool, rule, service="inventory")
     RECORDS_PURGED.inc(purged)
     return purged
 

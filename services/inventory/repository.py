@@ -131,14 +131,50 @@ async def commit_reservations(conn: asyncpg.Connection, order_id: str) -> int:
 
 
 async def stale_reservations(conn: asyncpg.Connection, max_age_seconds: float, limit: int) -> list[str]:
+    """Active reservations past their age whose order is known to have ended otherwise than CONFIRMED: a
+    running saga's hold and a confirmed order's sold stock are never released by age alone."""
     rows = await conn.fetch(
-        """SELECT reservation_id FROM reservation
-           WHERE status = 'active' AND created_at < now() - make_interval(secs => $1)
-           ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        """SELECT r.reservation_id FROM reservation r
+           JOIN order_outcome o ON o.order_id = r.order_id AND o.status <> 'CONFIRMED'
+           WHERE r.status = 'active' AND r.created_at < now() - make_interval(secs => $1)
+           ORDER BY r.created_at LIMIT $2 FOR UPDATE OF r SKIP LOCKED""",
         max_age_seconds,
         limit,
     )
     return [r["reservation_id"] for r in rows]
+
+
+async def unresolved_reservations(conn: asyncpg.Connection, max_age_seconds: float) -> int:
+    """Active reservations past their age with no known outcome (or a CONFIRMED one not yet committed): held,
+    not released, and counted so an operator is told."""
+    return await conn.fetchval(
+        """SELECT count(*) FROM reservation r LEFT JOIN order_outcome o ON o.order_id = r.order_id
+           WHERE r.status = 'active' AND r.created_at < now() - make_interval(secs => $1)
+             AND (o.status IS NULL OR o.status = 'CONFIRMED')""",
+        max_age_seconds,
+    )
+
+
+async def lock_order(conn: asyncpg.Connection, order_id: str) -> None:
+    """Serialize one order's reserve and release: a release never races the reservation it compensates."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 2))", order_id)
+
+
+async def is_released(conn: asyncpg.Connection, order_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM order_released WHERE order_id = $1", order_id))
+
+
+async def mark_released(conn: asyncpg.Connection, order_id: str) -> None:
+    await conn.execute("INSERT INTO order_released (order_id) VALUES ($1) ON CONFLICT DO NOTHING", order_id)
+
+
+async def record_outcome(conn: asyncpg.Connection, order_id: str, status: str) -> None:
+    await conn.execute(
+        """INSERT INTO order_outcome (order_id, status) VALUES ($1, $2)
+           ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, recorded_at = now()""",
+        order_id,
+        status,
+    )
 
 
 async def purge_idempotency_records(conn: asyncpg.Connection, older_than_days: int) -> int:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from contracts.records import CreateOrderRecord
+from contracts.records import CreateOrderRecord, VoidOrderRecord
 from plumbing.commands import command_route
 from plumbing.process import Process, command_process, run_process, service_migrations
 from plumbing.settings import ProcessSettings
@@ -19,7 +19,12 @@ class OrdersSettings(ProcessSettings):
 
 def build(settings: OrdersSettings) -> Process:
     return command_process(
-        SERVICE, settings, {"CreateOrderRecord": command_route(CreateOrderRecord, handlers.create_order_record)}
+        SERVICE,
+        settings,
+        {
+            "CreateOrderRecord": command_route(CreateOrderRecord, handlers.create_order_record),
+            "VoidOrderRecord": command_route(VoidOrderRecord, handlers.void_order_record),
+        },
     )
 
 

@@ -22,10 +22,11 @@ class StripeGateway:
     async def close(self) -> None:
         await self.http.close_async()
 
-    async def charge(
+    async def create_intent(
         self, *, order_id: str, amount: Decimal, currency: str, payment_method: str, idempotency_key: str
     ) -> Any:
-        """Create and confirm a PaymentIntent; the same key never charges twice."""
+        """Create a PaymentIntent without confirming it: no money moves until ``confirm``. The same key replays
+        the same intent, so a create whose answer was lost is found again by asking with its key."""
         return await self.client.v1.payment_intents.create_async(
             {
                 "amount": to_minor(amount, currency),
@@ -33,11 +34,29 @@ class StripeGateway:
                 "payment_method": payment_method,
                 # Server-side confirmation with no redirect flow: 3-D Secure answers requires_action.
                 "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
-                "confirm": True,
                 "metadata": {"orderId": order_id},
             },
             {"idempotency_key": idempotency_key},
         )
+
+    async def confirm(self, payment_intent_id: str, *, idempotency_key: str) -> Any:
+        """Charge: the only call that moves money, made once the intent's id is known."""
+        return await self.client.v1.payment_intents.confirm_async(
+            payment_intent_id, {}, {"idempotency_key": idempotency_key}
+        )
+
+    async def intents_of_order(self, order_id: str) -> list[Any]:
+        """Every PaymentIntent the provider holds for the order, found by its metadata: what a compensation
+        must settle when no answer ever told us an intent's id."""
+        escaped = order_id.replace("\\", "\\\\").replace("'", "\\'")
+        found: list[Any] = []
+        params: dict[str, Any] = {"query": f"metadata['orderId']:'{escaped}'", "limit": 100}
+        while True:
+            page = await self.client.v1.payment_intents.search_async(params)
+            found.extend(page.data)
+            if not page.has_more or not page.next_page:
+                return found
+            params = {**params, "page": page.next_page}
 
     async def retrieve(self, payment_intent_id: str) -> Any:
         return await self.client.v1.payment_intents.retrieve_async(payment_intent_id)

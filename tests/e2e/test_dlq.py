@@ -1,5 +1,7 @@
 """`orderctl dlq` as an operator uses it: list and show dead letters with their reasons, replay them to
-where they were first published (their orders then complete), purge them; the queue's order is kept."""
+where they were first published (their orders then complete), purge them; the queue's order is kept. A replay
+checks each dead letter against its saga first: a command whose saga ended, or a request whose saga exists,
+stays where it is unless forced."""
 
 import asyncio
 import json
@@ -11,7 +13,18 @@ from datetime import UTC, datetime
 
 import aio_pika
 import pytest
-from harness import Stack, db, eventually, fresh_vhost, new_id, order_body, outcome_of, publish_raw, seed
+from harness import (
+    Stack,
+    db,
+    eventually,
+    fresh_vhost,
+    new_id,
+    order_body,
+    outcome_of,
+    publish_raw,
+    seed,
+    stock_of,
+)
 
 from contracts.asyncapi import consumer_queues
 from plumbing.topology import DEAD_LETTER_EXCHANGE, declare_consumer_queue
@@ -21,9 +34,12 @@ pytestmark = pytest.mark.e2e
 ORDER_REQUESTS = "orchestrator.order-requests"
 
 
-async def dlq(amqp_url: str, *args: str) -> subprocess.CompletedProcess:
-    """Run ``orderctl dlq ARGS`` against the broker at ``amqp_url``, as a separate process."""
+async def dlq(amqp_url: str, *args: str, stack: Stack | None = None) -> subprocess.CompletedProcess:
+    """Run ``orderctl dlq ARGS`` against the broker at ``amqp_url`` (and ``stack``'s orchestrator database, which
+    a replay reads), as a separate process."""
     env = {**os.environ, "ORDERFLOW_AMQP_URL": amqp_url}
+    if stack is not None:
+        env["ORDERFLOW_ORCHESTRATOR_DATABASE_URL"] = stack.settings.orchestrator_database_url
     command = [sys.executable, "-m", "orderctl", "dlq", *args]
     return await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
 
@@ -124,7 +140,7 @@ async def test_replayed_dead_letters_complete_their_orders_and_a_second_replay_i
     assert "kind    delivery_limit" in broker_entry and "orders / order.requested" in broker_entry
 
     ids = [arg for m in letters for arg in ("--message-id", m)]
-    replayed = await dlq(url, "replay", ORDER_REQUESTS, *ids)
+    replayed = await dlq(url, "replay", ORDER_REQUESTS, *ids, stack=stack)  # no saga yet for either order
     assert replayed.returncode == 0, replayed.stderr
     assert all(f"replayed {m} to orders order.requested" in replayed.stdout for m in letters)
     for order_id, _ in letters.values():
@@ -132,12 +148,17 @@ async def test_replayed_dead_letters_complete_their_orders_and_a_second_replay_i
     after = await dlq(url, "show", ORDER_REQUESTS, "--limit", "100000")
     assert not any(m in after.stdout for m in letters)
 
-    # The same dead letter replayed again keeps its message id: the orchestrator's inbox absorbs it.
+    # The same request dead-lettered again: its saga exists, so the check holds it back, in the queue.
     message_id, (order_id, headers) = next(iter(letters.items()))
     await dead_letter(
         channel, ORDER_REQUESTS, json.dumps(order_body(order_id, [(sku, 1)])).encode(), message_id, headers
     )
-    assert (await dlq(url, "replay", ORDER_REQUESTS, "--message-id", message_id)).returncode == 0
+    held = await dlq(url, "replay", ORDER_REQUESTS, "--message-id", message_id, stack=stack)
+    assert held.returncode == 0, held.stderr
+    assert f"skipped {message_id}: a saga exists for {order_id} (status CONFIRMED)" in held.stdout, held.stdout
+    assert message_id in (await dlq(url, "show", ORDER_REQUESTS, "--limit", "100000")).stdout
+    # Forced, it keeps its message id: the orchestrator's inbox absorbs it.
+    assert (await dlq(url, "replay", ORDER_REQUESTS, "--message-id", message_id, "--force")).returncode == 0
 
     async def handled_once() -> bool:
         conn = await db(stack.settings, "orchestrator")
@@ -152,7 +173,7 @@ async def test_replayed_dead_letters_complete_their_orders_and_a_second_replay_i
 
     assert await eventually(handled_once, timeout=10, what="one inbox row and one saga start")
     assert message_id not in (await dlq(url, "show", ORDER_REQUESTS, "--limit", "100000")).stdout
-    assert (await dlq(url, "replay", ORDER_REQUESTS, "--message-id", "no-such-id")).returncode == 1
+    assert (await dlq(url, "replay", ORDER_REQUESTS, "--message-id", "no-such-id", stack=stack)).returncode == 1
 
 
 async def test_show_keeps_the_order_replay_strips_death_headers_purge_empties(servers: None) -> None:
@@ -162,8 +183,8 @@ async def test_show_keeps_the_order_replay_strips_death_headers_purge_empties(se
         connection = await aio_pika.connect(url)
         try:
             channel = await connection.channel()
-            for name, (exchange, routing_key) in consumer_queues().items():
-                await declare_consumer_queue(channel, name, [(exchange, routing_key)], delivery_limit=5)
+            for name, bindings in consumer_queues().items():
+                await declare_consumer_queue(channel, name, bindings, delivery_limit=5)
             ids = [f"m{i}-{uuid.uuid4().hex[:6]}" for i in range(5)]
             for i, message_id in enumerate(ids):
                 headers = consumer_dead_lettered(f"schema: case {i}", "orderflow.commands", "payment.ProcessPayment")
@@ -186,7 +207,8 @@ async def test_show_keeps_the_order_replay_strips_death_headers_purge_empties(se
             shown = await dlq(url, "show", queue)
             assert [shown.stdout.index(m) for m in remaining] == sorted(shown.stdout.index(m) for m in remaining)
 
-            replayed = await dlq(url, "replay", queue, "--message-id", ids[0])
+            # Forced: these commands belong to no saga (no orchestrator runs in this vhost).
+            replayed = await dlq(url, "replay", queue, "--message-id", ids[0], "--force")
             assert f"replayed {ids[0]} to orderflow.commands payment.ProcessPayment" in replayed.stdout
             target = await channel.get_queue(queue, ensure=False)
             copy = await target.get(no_ack=True, timeout=5)
@@ -204,3 +226,62 @@ async def test_show_keeps_the_order_replay_strips_death_headers_purge_empties(se
             assert missing.returncode == 1 and "no queue named 'nope.commands.dlq'" in missing.stderr
         finally:
             await connection.close()
+
+
+async def test_a_dead_lettered_command_whose_saga_ended_is_not_republished(stack: Stack, channel, listener) -> None:
+    url = stack.settings.amqp_url
+    sku = new_id("sku-")
+    await seed(stack, {sku: (5, "1.50")})
+    order_id = new_id()
+    await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)])).encode())
+    assert (await outcome_of(listener, order_id))["status"] == "CONFIRMED"
+    conn = await db(stack.settings, "orchestrator")
+    try:
+        command_id = await conn.fetchval(
+            """SELECT command_id FROM saga_history
+               WHERE order_id = $1 AND event = 'TaskScheduled' AND state = 'ReserveInventory'""",
+            order_id,
+        )
+    finally:
+        await conn.close()
+    # The reservation command as a consumer would have dead-lettered it, found days after the saga ended.
+    body = json.dumps({"orderId": order_id, "items": [{"productId": sku, "quantity": 1}], "idempotencyId": order_id})
+    headers = consumer_dead_lettered("bad_envelope: simulated", "orderflow.commands", "inventory.ReserveInventory")
+    exchange = await channel.get_exchange(DEAD_LETTER_EXCHANGE)
+    await exchange.publish(
+        aio_pika.Message(
+            body=body.encode(),
+            message_id=command_id,
+            correlation_id=order_id,
+            type="ReserveInventory",
+            reply_to="orchestrator",
+            content_type="application/json",
+            headers=headers,
+        ),
+        "inventory.commands",
+    )
+
+    async def duplicates() -> int:
+        """How often the inventory's inbox has seen the command again: a republished copy counts one."""
+        conn = await db(stack.settings, "inventory")
+        try:
+            return await conn.fetchval(
+                "SELECT duplicates FROM inbox WHERE consumer = 'inventory' AND message_id = $1", command_id
+            )
+        finally:
+            await conn.close()
+
+    held = await dlq(url, "replay", "inventory.commands", "--message-id", command_id, stack=stack)
+    assert held.returncode == 0, held.stderr
+    assert "replayed" not in held.stdout
+    assert (
+        f"skipped {command_id}: saga finished with status CONFIRMED; left in inventory.commands.dlq" in held.stdout
+    ), held.stdout
+    assert command_id in (await dlq(url, "show", "inventory.commands", "--limit", "100000")).stdout
+    assert await duplicates() == 0
+
+    dropped = await dlq(url, "replay", "inventory.commands", "--message-id", command_id, "--drop-skipped", stack=stack)
+    assert f"skipped {command_id}: saga finished with status CONFIRMED; dropped" in dropped.stdout, dropped.stdout
+    assert command_id not in (await dlq(url, "show", "inventory.commands", "--limit", "100000")).stdout
+    assert await duplicates() == 0
+    assert await stock_of(stack, sku) == 4  # one order's unit, reserved once

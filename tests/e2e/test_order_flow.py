@@ -132,6 +132,7 @@ async def test_happy_path_confirms_with_effects_in_every_service(stack: Stack, c
         "ReserveInventory",
         "ProcessPayment",
         "CreateOrderRecord",
+        "CommitReservation",
         "NotifyCustomer",
     ]
     assert all(s["outcome"] == "succeeded" and s["endedAt"] for s in view["steps"])

@@ -37,6 +37,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "CheckInventory": ORDER | {"items": ITEMS, "currency": "usd"},
     "ReserveInventory": ORDER | {"items": ITEMS, "idempotencyId": "ORDER#123"},
     "ReleaseInventory": ORDER | {"items": ITEMS, "action": "release", "idempotencyId": "ORDER#123-release"},
+    "CommitReservation": ORDER,
+    "VoidOrderRecord": ORDER | {"reason": "Order processing failed"},
+    "ReservationCommitted": {"committed": 1},
+    "OrderRecordVoided": {"voided": True},
     "ProcessPayment": ORDER
     | {"amount": 129.57, "currency": "usd", "paymentMethodId": "pm_card_visa", "idempotencyKey": "ORDER#123-payment"},
     "RefundPayment": ORDER
@@ -316,7 +320,12 @@ def test_consumer_queues_are_quorum_with_a_dead_letter_queue() -> None:
         assert dlq["x-arguments"] == {"x-queue-type": "quorum"}
         assert dlq["x-bindings"] == [{"exchange": topology.DEAD_LETTER_EXCHANGE, "routingKey": name}]
         assert queues[topology.dq_name(name)]["messages"] == queues[name]["messages"]
-    assert set(queues["inventory.commands"]["messages"]) == {"CheckInventory", "ReserveInventory", "ReleaseInventory"}
+    assert set(queues["inventory.commands"]["messages"]) == {
+        "CheckInventory",
+        "ReserveInventory",
+        "ReleaseInventory",
+        "CommitReservation",
+    }
     assert set(queues["orchestrator.order-requests"]["messages"]) == {"OrderRequested"}
     replies = {spec.model.__name__ for spec in MESSAGES if spec.kind == "reply"}
     assert set(queues["orchestrator.replies"]["messages"]) == replies

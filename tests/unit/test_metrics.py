@@ -22,6 +22,7 @@ ORDER: dict[str, Any] = {
 PRICED = {"amount": 129.57, "currency": "usd", "lines": [{"productId": "456", "quantity": 2, "unitPrice": 64.785}]}
 RESERVED = {"reservationId": "res-1", "status": "reserved"}
 PAID = {"paymentIntentId": "pi_1", "status": "succeeded"}
+COMMITTED = {"committed": 1}
 RECORDED = {"orderId": "ORDER#metrics-1", "status": "CONFIRMED"}
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
@@ -106,6 +107,8 @@ def test_happy_path_counts_a_start_a_confirmation_and_nothing_else(saga: SagaDsl
     through_payment(saga)
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_ok(RECORDED)
+    saga.expect_command("inventory.CommitReservation")
+    saga.reply_ok(COMMITTED)
     saga.expect_command("notify.NotifyCustomer")
     saga.reply_ok({"channel": "email"}).expect_status("CONFIRMED")
     meter = observe_all(saga, saga_seconds=3.0)
@@ -148,6 +151,8 @@ def test_a_notification_error_counts_a_confirmed_saga_with_notification_error(sa
     through_payment(saga)
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_ok(RECORDED)
+    saga.expect_command("inventory.CommitReservation")
+    saga.reply_ok(COMMITTED)
     saga.expect_command("notify.NotifyCustomer")
     saga.reply_error("NotificationError", "550 mailbox unavailable").expect_status("CONFIRMED")
     meter = observe_all(saga)
@@ -164,6 +169,7 @@ def test_order_record_failure_counts_each_branch_once_despite_retries(saga: Saga
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_error("OrderRecordError")
     release = saga.expect_command("inventory.ReleaseInventory")
+    saga.reply_ok({"voided": False}, to=saga.expect_command("orders.VoidOrderRecord"))
     saga.expect_command("payment.RefundPayment")
     saga.reply_error("Service.Unavailable").fire_retry("branch:0")
     saga.expect_command("payment.RefundPayment")
@@ -174,6 +180,7 @@ def test_order_record_failure_counts_each_branch_once_despite_retries(saga: Saga
     assert meter.changed("orderflow_compensations_total") == {
         (("outcome", "succeeded"), ("step", "RefundPayment")): 1,
         (("outcome", "succeeded"), ("step", "ReleaseInventory")): 1,
+        (("outcome", "succeeded"), ("step", "VoidOrderRecord")): 1,
     }
     assert meter.delta("orderflow_step_attempts_total", step="RefundPayment") == 2
     assert meter.changed("orderflow_sagas_finished_total") == {(("status", "FAILED_COMPENSATED"),): 1}
@@ -185,6 +192,7 @@ def test_a_compensation_failing_after_its_retries_counts_one_failure_and_a_criti
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_error("OrderRecordError")
     release = saga.expect_command("inventory.ReleaseInventory")
+    saga.reply_ok({"voided": False}, to=saga.expect_command("orders.VoidOrderRecord"))
     fail_n_times(saga, "payment.RefundPayment", "RefundFailed", 4, lane="branch:0")
     saga.reply_ok({"released": True}, to=release).expect_status("FAILED_CRITICAL")
     meter = observe_all(saga)
@@ -192,6 +200,7 @@ def test_a_compensation_failing_after_its_retries_counts_one_failure_and_a_criti
     assert meter.changed("orderflow_compensations_total") == {
         (("outcome", "failed"), ("step", "RefundPayment")): 1,
         (("outcome", "succeeded"), ("step", "ReleaseInventory")): 1,
+        (("outcome", "succeeded"), ("step", "VoidOrderRecord")): 1,
     }
     assert meter.delta("orderflow_step_failures_total", step="RefundPayment", error="RefundFailed") == 4
     assert meter.changed("orderflow_sagas_finished_total") == {(("status", "FAILED_CRITICAL"),): 1}
@@ -202,6 +211,7 @@ def test_a_parallel_timeout_counts_the_unfinished_branch_as_failed(saga: SagaDsl
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_error("OrderRecordError")
     release = saga.expect_command("inventory.ReleaseInventory")
+    saga.reply_ok({"voided": False}, to=saga.expect_command("orders.VoidOrderRecord"))
     saga.expect_command("payment.RefundPayment")
     saga.reply_ok({"released": True}, to=release)
     saga.fire_timeout("branch:0").fire_retry("branch:0")
@@ -213,6 +223,7 @@ def test_a_parallel_timeout_counts_the_unfinished_branch_as_failed(saga: SagaDsl
     assert meter.changed("orderflow_compensations_total") == {
         (("outcome", "failed"), ("step", "RefundPayment")): 1,
         (("outcome", "succeeded"), ("step", "ReleaseInventory")): 1,
+        (("outcome", "succeeded"), ("step", "VoidOrderRecord")): 1,
     }
     assert meter.delta("orderflow_step_timeouts_total", step="RefundPayment") == 1
     assert meter.changed("orderflow_sagas_finished_total") == {(("status", "FAILED_CRITICAL"),): 1}
@@ -253,6 +264,7 @@ def test_a_redriven_compensation_counts_again_and_the_saga_finishes_again(saga: 
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_error("OrderRecordError")
     release = saga.expect_command("inventory.ReleaseInventory")
+    saga.reply_ok({"voided": False}, to=saga.expect_command("orders.VoidOrderRecord"))
     fail_n_times(saga, "payment.RefundPayment", "RefundFailed", 4, lane="branch:0")
     saga.reply_ok({"released": True}, to=release).expect_status("FAILED_CRITICAL")
     saga.send(Redriven())
@@ -264,6 +276,7 @@ def test_a_redriven_compensation_counts_again_and_the_saga_finishes_again(saga: 
         (("outcome", "failed"), ("step", "RefundPayment")): 1,
         (("outcome", "succeeded"), ("step", "RefundPayment")): 1,
         (("outcome", "succeeded"), ("step", "ReleaseInventory")): 1,
+        (("outcome", "succeeded"), ("step", "VoidOrderRecord")): 1,
     }
     assert meter.changed("orderflow_sagas_finished_total") == {
         (("status", "FAILED_CRITICAL"),): 1,
@@ -278,6 +291,7 @@ def test_compensation_steps_are_the_marked_tasks(workflow: Workflow) -> None:
         "ReleaseReservedInventory",
         "RefundPayment",
         "ReleaseInventory",
+        "VoidOrderRecord",
     }
 
 

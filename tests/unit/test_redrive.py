@@ -29,6 +29,7 @@ def to_critical_after_refund_fails(saga: SagaDsl) -> None:
     saga.reply_error("OrderRecordError")
     release = saga.expect_command("inventory.ReleaseInventory")
     saga.reply_ok({"released": True}, to=release)
+    saga.reply_ok({"voided": False}, to=saga.expect_command("orders.VoidOrderRecord"))
     for run in range(4):  # 1 run + 3 retries of the refund branch
         refund = saga.expect_command("payment.RefundPayment")
         assert refund.attempt == run + 1
@@ -51,9 +52,10 @@ def test_redrive_reruns_only_the_failed_branch_and_continues_run_numbers() -> No
 
     saga.reply_ok({"refunded": True, "refundId": "re_1"}, to=refund)
     saga.expect_status("FAILED_COMPENSATED")
-    assert [b.get("refund", b.get("release")) for b in saga.data["compensation"]] == [
+    assert [b.get("refund", b.get("release", b.get("void"))) for b in saga.data["compensation"]] == [
         {"refunded": True, "refundId": "re_1"},
         {"released": True},
+        {"voided": False},
     ]
 
 

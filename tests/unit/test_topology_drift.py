@@ -26,4 +26,4 @@ def test_documented_queues_are_the_declared_queues() -> None:
         build_notify(NotifySettings()),
     ]
     declared = {spec.queue: spec.bindings for process in processes for spec in process.queues}
-    assert declared == {queue: [binding] for queue, binding in consumer_queues().items()}
+    assert declared == consumer_queues()
