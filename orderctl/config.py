@@ -6,6 +6,7 @@ Environment variables use the ORDERFLOW_ prefix, e.g. ORDERFLOW_INVENTORY_DATABA
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.main import MIGRATIONS as ORCHESTRATOR_MIGRATIONS
@@ -38,7 +39,7 @@ def _local(name: str) -> str:
 
 
 class CtlSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_", extra="ignore", populate_by_name=True)
 
     admin_database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
@@ -53,6 +54,17 @@ class CtlSettings(BaseSettings):
     sms_port: int = 8026
     maildir: Path = Path("var/maildir")
     stripe_webhook_secret: str = "whsec_orderflow_local"
+    # The payment provider `orderctl check` reconciles with: the payment process's own names. Neither set: not read.
+    stripe_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("STRIPE_API_KEY", "ORDERFLOW_STRIPE_API_KEY"),
+        description="A key that may read PaymentIntents and Refunds (a restricted read-only key will do).",
+    )
+    stripe_api_base: str | None = Field(
+        None,
+        validation_alias=AliasChoices("STRIPE_API_BASE", "ORDERFLOW_STRIPE_API_BASE"),
+        description="A Stripe-compatible server (the local one: http://127.0.0.1:12111); empty for api.stripe.com.",
+    )
 
     def database_url(self, service: str) -> str:
         return getattr(self, f"{service}_database_url")

@@ -282,7 +282,11 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="check the invariants over every database; exit 1 on a violation")
     c.add_argument("--allow-running", action="store_true", help="sagas still running are not violations")
-    c.add_argument("--stripe-url", help="also read the local Stripe server's state, e.g. http://127.0.0.1:12111")
+    c.add_argument(
+        "--stripe-url",
+        help="read the payment provider at this Stripe-compatible server, e.g. http://127.0.0.1:12111 "
+        "(default: STRIPE_API_KEY / STRIPE_API_BASE; neither set: the provider rules are skipped)",
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(run=cmd_check)
 

@@ -1,9 +1,11 @@
-"""The invariant checker: reads every service's database (and Stripe, if asked) and reports violations.
+"""The invariant checker: reads every service's database and the payment provider, and reports violations.
 
 What the guide promises, as rules over one snapshot: every order ends in exactly
 one terminal status, no order is charged twice, money is kept exactly for
 CONFIRMED orders, stock is never lost nor doubled, compensations finish, and a
-CONFIRMED order has its record and its notification. Each rule is a small
+CONFIRMED order has its record and its notification. The payment provider
+is read through the Stripe SDK (provider.py): every ended order's PaymentIntents,
+found by their metadata orderId, and their refunds. Each rule is a small
 function in ``RULES`` with a name and a docstring; ``orderctl check`` runs them.
 
 The databases cannot be read in one snapshot, so the orchestrator's is read
@@ -16,7 +18,8 @@ ended ones; at quiescence a running order is itself a violation.
 """
 
 from orderctl.checker.model import CheckError, Report, Snapshot, Violation
+from orderctl.checker.provider import ProviderConfig
 from orderctl.checker.reading import check, render, snapshot
 from orderctl.checker.rules import RULES
 
-__all__ = ["RULES", "CheckError", "Report", "Snapshot", "Violation", "check", "render", "snapshot"]
+__all__ = ["RULES", "CheckError", "ProviderConfig", "Report", "Snapshot", "Violation", "check", "render", "snapshot"]

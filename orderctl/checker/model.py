@@ -1,9 +1,7 @@
 """What the checker reads and reports: the snapshot of every database, violations, the report."""
 
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from typing import Any
 
 import asyncpg
@@ -13,6 +11,10 @@ CONFIRMED = "CONFIRMED"
 FAILED_CRITICAL = "FAILED_CRITICAL"
 #: Stripe refunds that moved money or will.
 REFUND_COUNTED = ("succeeded", "pending", "requires_action")
+#: PaymentIntent statuses that may still take money: an authorization to capture, or an attempt we could
+#: still confirm or that is still being processed. ``canceled`` and ``requires_payment_method`` (declined)
+#: take nothing more.
+INTENT_OPEN = ("requires_capture", "requires_action", "requires_confirmation", "processing")
 
 
 class CheckError(Exception):
@@ -30,13 +32,49 @@ class Violation:
 class Report:
     violations: list[Violation] = field(default_factory=list)
     figures: dict[str, int] = field(default_factory=dict)
+    #: What the check did not judge and why, one line each (e.g. the payment provider when not configured).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
     def as_json(self) -> dict[str, Any]:
-        return {"figures": self.figures, "violations": [asdict(v) for v in self.violations]}
+        return {"figures": self.figures, "notes": self.notes, "violations": [asdict(v) for v in self.violations]}
+
+
+@dataclass(frozen=True)
+class Refund:
+    id: str
+    amount: int
+    status: str
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A PaymentIntent as the payment provider holds it, with its refunds (minor units)."""
+
+    id: str
+    status: str
+    amount: int
+    amount_received: int
+    currency: str
+    refunds: tuple[Refund, ...] = ()
+
+    @property
+    def refunded(self) -> int:
+        """Money returned: succeeded refunds only (a pending one has not reached the customer yet)."""
+        return sum(r.amount for r in self.refunds if r.status == "succeeded")
+
+    @property
+    def kept(self) -> int:
+        return self.amount_received - self.refunded
+
+    def describe(self) -> str:
+        refunded = f", refunded {self.refunded}" if self.refunded else ""
+        pending = sum(r.amount for r in self.refunds if r.status in REFUND_COUNTED and r.status != "succeeded")
+        waiting = f", {pending} refund pending" if pending else ""
+        return f"{self.id} {self.status} {self.amount_received}/{self.amount} {self.currency}{refunded}{waiting}"
 
 
 @dataclass
@@ -46,6 +84,9 @@ class Saga:
     #: History entries the rules read, oldest first: (event, lane, state, detail).
     history: list[tuple[str, str, str | None, Any]] = field(default_factory=list)
     moved: str = ""
+    #: The priced amount in minor units and its currency ($.inventory), once CheckInventory answered.
+    amount_minor: int | None = None
+    currency: str | None = None
 
 
 @dataclass
@@ -61,26 +102,12 @@ class Snapshot:
     refunds: dict[str, list[asyncpg.Record]]
     records: dict[str, str]
     notifications: dict[str, dict[str, str]]
-    stripe: dict[str, Any] | None = None
+    #: The payment provider's PaymentIntents of every order that had ended when it was read; None: not read.
+    provider: dict[str, list[Intent]] | None = None
 
     def settled(self) -> Iterator[tuple[str, Saga]]:
         """Orders whose saga has ended: the ones whose effects are final."""
         return ((o, s) for o, s in self.sagas.items() if s.status in self.terminal)
-
-    @cached_property
-    def intents_by_order(self) -> dict[str, list[dict[str, Any]]]:
-        intents: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for intent in (self.stripe or {}).get("payment_intents", []):
-            if order_id := (intent.get("metadata") or {}).get("orderId"):
-                intents[order_id].append(intent)
-        return intents
-
-    @cached_property
-    def charges_by_intent(self) -> dict[str, list[dict[str, Any]]]:
-        charges: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for charge in (self.stripe or {}).get("charges", []):
-            charges[charge.get("payment_intent") or ""].append(charge)
-        return charges
 
     def refunded(self, order_id: str) -> int:
         return sum(r["amount_minor"] for r in self.refunds.get(order_id, []) if r["status"] in REFUND_COUNTED)
@@ -90,13 +117,8 @@ class Snapshot:
         return payment["amount_minor"] if payment is not None and payment["status"] == "succeeded" else 0
 
     def net(self, order_id: str) -> int:
-        """Money kept from the order in minor units: Stripe's charges when given, else our ledger."""
-        if self.stripe is None:
-            return self.taken(order_id) - self.refunded(order_id)
-        charges = self.charges_by_intent
-        return sum(
-            c["amount"] - c["amount_refunded"]
-            for intent in self.intents_by_order.get(order_id, [])
-            for c in charges.get(intent["id"], [])
-            if c["status"] == "succeeded" and c.get("captured", True)
-        )
+        """Money kept from the order in minor units, by our ledger."""
+        return self.taken(order_id) - self.refunded(order_id)
+
+    def intents(self, order_id: str) -> list[Intent]:
+        return (self.provider or {}).get(order_id, [])

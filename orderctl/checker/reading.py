@@ -1,9 +1,7 @@
-"""Reading one consistent snapshot of every database (and Stripe), and running the rules over it."""
+"""Reading one consistent snapshot of every database (and the payment provider), and running the rules over it."""
 
-import asyncio
-import json
-import urllib.request
 from collections import Counter, defaultdict
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import asyncpg
@@ -12,9 +10,11 @@ from orchestrator import definition
 from orchestrator.definition import FailState, ParallelState, SucceedState, TaskState, Workflow
 from orchestrator.state import RUNNING
 from orderctl.checker.model import REFUND_COUNTED, CheckError, Report, Saga, Snapshot, Violation
-from orderctl.checker.rules import RULES
+from orderctl.checker.provider import LOCAL_API_KEY, ProviderConfig, read_provider
+from orderctl.checker.rules import PROVIDER_RULES, RULES
 from orderctl.config import CtlSettings
 from plumbing.db import connect, database_name
+from services.payment.money import to_minor
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -56,7 +56,8 @@ async def _read(url: str, queries: dict[str, tuple[Any, ...]]) -> dict[str, list
 
 
 _SAGAS = """SELECT order_id, status,
-    coalesce(jsonb_typeof(state #> '{main,data,notificationError}'), 'null') <> 'null' AS notification_error
+    coalesce(jsonb_typeof(state #> '{main,data,notificationError}'), 'null') <> 'null' AS notification_error,
+    state #>> '{main,data,inventory,amount}' AS amount, state #>> '{main,data,inventory,currency}' AS currency
     FROM saga"""
 _HISTORY = """SELECT order_id, event, lane, state, detail FROM saga_history
     WHERE event IN ('ExecutionSucceeded', 'ExecutionFailed', 'ExecutionRedriven')
@@ -71,9 +72,29 @@ _PRODUCTS = """SELECT p.product_id, p.stock, p.received,
     GROUP BY p.product_id"""
 
 
-def _fetch_stripe_state(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url.rstrip('/')}/_test/state", timeout=30) as response:
-        return json.loads(response.read())
+def priced(row: asyncpg.Record) -> tuple[int | None, str | None]:
+    """The saga's priced amount ($.inventory.amount, major units) in the provider's minor units."""
+    if row["amount"] is None or row["currency"] is None:
+        return None, row["currency"]
+    try:
+        return to_minor(Decimal(row["amount"]), row["currency"]), row["currency"].lower()
+    except InvalidOperation:
+        return None, row["currency"]
+
+
+def provider_config(
+    settings: CtlSettings, *, provider: ProviderConfig | None = None, stripe_url: str | None = None
+) -> ProviderConfig | None:
+    """Which payment provider to read: the one given, else a Stripe-compatible server at ``stripe_url``,
+    else STRIPE_API_KEY / STRIPE_API_BASE (the payment process's names); None when none is configured."""
+    key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else None
+    if provider is not None:
+        return provider
+    if stripe_url:
+        return ProviderConfig(api_key=key or LOCAL_API_KEY, api_base=stripe_url)
+    if key or settings.stripe_api_base:
+        return ProviderConfig(api_key=key or LOCAL_API_KEY, api_base=settings.stripe_api_base or None)
+    return None
 
 
 async def snapshot(
@@ -81,10 +102,11 @@ async def snapshot(
     *,
     allow_running: bool,
     workflow: Workflow,
-    stripe_state: dict[str, Any] | None = None,
-    stripe_url: str | None = None,
+    provider: ProviderConfig | None = None,
 ) -> Snapshot:
-    """Read every database: the orchestrator's first and last, the services' in between (see above)."""
+    """Read every database, and the provider's PaymentIntents of every ended order: the orchestrator's
+    first and last, the others in between (see above)."""
+    terminal = terminal_statuses(workflow)
     steps = sorted(compensation_steps(workflow.States))
     first = await _read(settings.database_url("orchestrator"), {"sagas": (_SAGAS,), "history": (_HISTORY, steps)})
     inventory = await _read(
@@ -102,8 +124,9 @@ async def snapshot(
     notify = await _read(
         settings.database_url("notify"), {"rows": ("SELECT order_id, channel, status FROM notification",)}
     )
-    if stripe_url is not None:
-        stripe_state = await asyncio.to_thread(_fetch_stripe_state, stripe_url)
+    intents = None
+    if provider is not None:  # only ended orders are judged: the others' intents may still change
+        intents = await read_provider(provider, (r["order_id"] for r in first["sagas"] if r["status"] in terminal))
     second = await _read(settings.database_url("orchestrator"), {"sagas": (_SAGAS,)})
 
     before = {r["order_id"]: r for r in first["sagas"]}
@@ -116,7 +139,10 @@ async def snapshot(
             moved = f" (moved from {earlier['status']} to {row['status']} while being read)"
             sagas[row["order_id"]] = Saga(RUNNING, moved=moved)
         else:
-            sagas[row["order_id"]] = Saga(row["status"], earlier["notification_error"])
+            amount_minor, currency = priced(row)
+            sagas[row["order_id"]] = Saga(
+                row["status"], earlier["notification_error"], amount_minor=amount_minor, currency=currency
+            )
     for h in first["history"]:
         if (saga := sagas.get(h["order_id"])) is not None:
             saga.history.append((h["event"], h["lane"], h["state"], h["detail"]))
@@ -132,7 +158,7 @@ async def snapshot(
         notifications[r["order_id"]][r["channel"]] = r["status"]
     return Snapshot(
         allow_running=allow_running,
-        terminal=terminal_statuses(workflow),
+        terminal=terminal,
         sagas=sagas,
         products={p["product_id"]: p for p in inventory["products"]},
         reservations=dict(reservations),
@@ -140,7 +166,7 @@ async def snapshot(
         refunds=dict(refunds),
         records={r["order_id"]: r["status"] for r in orders["records"]},
         notifications=dict(notifications),
-        stripe=stripe_state,
+        provider=intents,
     )
 
 
@@ -168,43 +194,50 @@ def figures(snap: Snapshot) -> dict[str, int]:
         "order_records": len(snap.records),
         **{f"emails_{status}": emails[status] for status in ("sent", "sending", "failed")},
     }
-    if snap.stripe is not None:
-        charges = snap.stripe.get("charges", [])
-        out["stripe_payment_intents"] = len(snap.stripe.get("payment_intents", []))
-        out["stripe_succeeded_charges"] = sum(1 for c in charges if c["status"] == "succeeded")
-        out["stripe_refunds"] = len(snap.stripe.get("refunds", []))
+    if snap.provider is not None:
+        intents = [i for found in snap.provider.values() for i in found]
+        out["provider_orders_read"] = len(snap.provider)
+        out["provider_payment_intents"] = len(intents)
+        out["provider_succeeded"] = sum(1 for i in intents if i.status == "succeeded")
+        out["provider_received_minor"] = sum(i.amount_received for i in intents)
+        out["provider_refunds"] = sum(len(i.refunds) for i in intents)
+        out["provider_refunded_minor"] = sum(i.refunded for i in intents)
     return out
 
 
 async def check(
     settings: CtlSettings,
     allow_running: bool = False,
-    stripe_state: dict[str, Any] | None = None,
     *,
+    provider: ProviderConfig | None = None,
     stripe_url: str | None = None,
     workflow: Workflow | None = None,
 ) -> Report:
     """Run every rule over a fresh snapshot.
 
-    ``allow_running`` False means quiescence: a running saga is a violation. ``stripe_state`` is the
-    local Stripe server's ``GET /_test/state``; with ``stripe_url`` it is fetched between the two
-    reads of the orchestrator, which keeps it consistent with running orders too.
+    ``allow_running`` False means quiescence: a running saga is a violation. The payment provider is read
+    through the Stripe SDK: ``provider`` if given, else a Stripe-compatible server at ``stripe_url`` (with
+    STRIPE_API_KEY or the local test key), else STRIPE_API_KEY / STRIPE_API_BASE from the settings. With
+    none, the provider rules are skipped and the report's notes say so.
     """
+    config = provider_config(settings, provider=provider, stripe_url=stripe_url)
     snap = await snapshot(
-        settings,
-        allow_running=allow_running,
-        workflow=workflow or definition.load(),
-        stripe_state=stripe_state,
-        stripe_url=stripe_url,
+        settings, allow_running=allow_running, workflow=workflow or definition.load(), provider=config
     )
     violations = [Violation(name, order_id, detail) for name, fn in RULES for order_id, detail in fn(snap)]
-    return Report(violations=violations, figures=figures(snap))
+    if config is None:
+        note = "payment provider not read (set STRIPE_API_KEY, or STRIPE_API_BASE for a Stripe-compatible server)"
+        notes = [f"{note}; skipped: {', '.join(PROVIDER_RULES)}"]
+    else:
+        notes = [f"payment provider read at {config.where}: the PaymentIntents and refunds of every ended order"]
+    return Report(violations=violations, figures=figures(snap), notes=notes)
 
 
 def render(report: Report) -> str:
     """The report as ``orderctl check`` prints it."""
     width = max(map(len, report.figures), default=0)
     lines = [f"{name:<{width}}  {value:>10}" for name, value in report.figures.items()]
+    lines += [f"\nnote: {note}" for note in report.notes]
     lines.append(f"\nviolations: {len(report.violations)}")
     lines += [f"  {v.rule:<22} {v.order_id or '-':<36} {v.detail}" for v in report.violations]
     return "\n".join(lines)

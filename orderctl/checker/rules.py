@@ -2,19 +2,33 @@
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from functools import wraps
 
 from orchestrator.state import RUNNING
-from orderctl.checker.model import CONFIRMED, FAILED_CRITICAL, Snapshot
+from orderctl.checker.model import CONFIRMED, FAILED_CRITICAL, INTENT_OPEN, REFUND_COUNTED, Snapshot
 
 #: A rule yields (order id or None, what is wrong) for each violation it finds.
 Rule = Callable[[Snapshot], Iterator[tuple[str | None, str]]]
 #: Every rule, in the order they run: (name, function); the function's docstring says what it checks.
 RULES: list[tuple[str, Rule]] = []
+#: The rules that read the payment provider: they find nothing when it was not read (the report says so).
+PROVIDER_RULES: list[str] = []
 
 
-def rule(name: str) -> Callable[[Rule], Rule]:
+def rule(name: str, *, provider: bool = False) -> Callable[[Rule], Rule]:
+    """Register a rule; a ``provider`` rule runs only when the provider was read (no intents is a finding)."""
+
     def register(fn: Rule) -> Rule:
-        RULES.append((name, fn))
+        if provider:
+            PROVIDER_RULES.append(name)
+
+            @wraps(fn)
+            def when_read(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+                return fn(snap) if snap.provider is not None else iter(())
+
+            RULES.append((name, when_read))
+        else:
+            RULES.append((name, fn))
         return fn
 
     return register
@@ -42,41 +56,37 @@ def terminal_status(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
             yield order_id, f"status {saga.status} but history ended {(last[1] or {}).get('status')}"
 
 
-@rule("single-charge")
+@rule("single-charge", provider=True)
 def single_charge(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
-    """No order charged more than once, at Stripe: one PaymentIntent per order (metadata orderId),
-    at most one succeeded charge per PaymentIntent. Our ledger holds one payment per order by its key."""
-    charges = snap.charges_by_intent
-    for order_id, intents in snap.intents_by_order.items():
+    """No order charged more than once: the payment provider holds at most one PaymentIntent per ended
+    order (found by metadata orderId), since one idempotency key creates it. A PaymentIntent itself
+    succeeds at most once."""
+    for order_id, _ in snap.settled():
+        intents = snap.intents(order_id)
         if len(intents) > 1:
-            ids = ", ".join(sorted(i["id"] for i in intents))
-            yield order_id, f"{len(intents)} PaymentIntents: {ids}"
-        for intent in intents:
-            succeeded = [c for c in charges.get(intent["id"], []) if c["status"] == "succeeded"]
-            if len(succeeded) > 1:
-                yield order_id, f"{intent['id']} has {len(succeeded)} succeeded charges"
+            yield order_id, f"{len(intents)} PaymentIntents: " + "; ".join(i.describe() for i in intents)
 
 
 @rule("refunds-within-charge")
 def refunds_within_charge(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """Refunds never exceed what was charged: in our ledger (refund rows against the payment row)
-    and at Stripe (each charge's amount_refunded against its amount)."""
+    and at the payment provider (each PaymentIntent's refunds, pending ones too, against what it received)."""
     for order_id in sorted(set(snap.payments) | set(snap.refunds)):
         taken, refunded = snap.taken(order_id), snap.refunded(order_id)
         if refunded > taken:
             yield order_id, f"refunded {refunded} of {taken} charged (minor units)"
-    for charge in (snap.stripe or {}).get("charges", []):
-        if charge["amount_refunded"] > charge["amount"]:
-            order_id = (charge.get("metadata") or {}).get("orderId")
-            detail = f"charge {charge['id']} refunded {charge['amount_refunded']} of {charge['amount']}"
-            yield order_id, detail
+    for order_id, intents in sorted((snap.provider or {}).items()):
+        for intent in intents:
+            counted = sum(r.amount for r in intent.refunds if r.status in REFUND_COUNTED)
+            if counted > intent.amount_received:
+                yield order_id, f"{intent.id} refunded {counted} of {intent.amount_received} received"
 
 
 @rule("money-iff-confirmed")
 def money_iff_confirmed(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
-    """Money taken minus refunded is positive exactly for CONFIRMED orders (Stripe's charges when
-    given, else payment status 'succeeded' less refunds). FAILED_CRITICAL orders are exempt: their
-    refund is the compensation that did not finish, waiting for a redrive."""
+    """Money taken minus refunded is positive exactly for CONFIRMED orders, by our ledger (payment
+    status 'succeeded' less refunds; the provider-* rules judge the provider's side). FAILED_CRITICAL
+    orders are exempt: their refund is the compensation that did not finish, waiting for a redrive."""
     for order_id, saga in snap.settled():
         if saga.status == FAILED_CRITICAL:
             continue
@@ -85,6 +95,55 @@ def money_iff_confirmed(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
             yield order_id, f"CONFIRMED but {net} kept (minor units)"
         elif saga.status != CONFIRMED and net > 0:
             yield order_id, f"{saga.status} but {net} kept (minor units)"
+
+
+@rule("provider-money-returned", provider=True)
+def provider_money_returned(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """No money kept for an order that is not CONFIRMED: at the payment provider, every PaymentIntent of an
+    ended, not CONFIRMED order that received money is refunded in full (succeeded refunds equal to the
+    amount received). FAILED_CRITICAL orders are exempt, as in money-iff-confirmed."""
+    for order_id, saga in snap.settled():
+        if saga.status in (CONFIRMED, FAILED_CRITICAL):
+            continue
+        for intent in snap.intents(order_id):
+            if intent.kept > 0:
+                yield order_id, f"{saga.status} but {intent.kept} kept: {intent.describe()}"
+
+
+@rule("provider-intent-open", provider=True)
+def provider_intent_open(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """No PaymentIntent of an ended order can still take money: none is requires_capture (an
+    authorization), requires_confirmation, requires_action or processing. Canceled and declined
+    (requires_payment_method) intents take nothing. FAILED_CRITICAL orders are exempt."""
+    for order_id, saga in snap.settled():
+        if saga.status == FAILED_CRITICAL:
+            continue
+        for intent in snap.intents(order_id):
+            if intent.status in INTENT_OPEN:
+                yield order_id, f"{saga.status} with an open PaymentIntent: {intent.describe()}"
+
+
+@rule("provider-charge", provider=True)
+def provider_charge(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """A CONFIRMED order has exactly one succeeded, unrefunded PaymentIntent at the payment provider, of
+    the saga's priced amount ($.inventory.amount in minor units) and currency."""
+    for order_id, saga in snap.settled():
+        if saga.status != CONFIRMED:
+            continue
+        intents = snap.intents(order_id)
+        standing = [i for i in intents if i.status == "succeeded" and i.kept > 0]
+        if len(standing) != 1:
+            found = "; ".join(i.describe() for i in intents) or "no PaymentIntent"
+            yield order_id, f"CONFIRMED with {len(standing)} standing charges: {found}"
+            continue
+        intent = standing[0]
+        if intent.refunded:
+            yield order_id, f"CONFIRMED but partly refunded: {intent.describe()}"
+        if saga.amount_minor is None:
+            yield order_id, "CONFIRMED but the saga holds no priced amount ($.inventory.amount)"
+        elif (intent.amount_received, intent.currency) != (saga.amount_minor, saga.currency):
+            expected = f"{saga.amount_minor} {saga.currency}"
+            yield order_id, f"CONFIRMED, priced {expected}, charged {intent.amount_received} {intent.currency}"
 
 
 @rule("stock-never-negative")
@@ -109,15 +168,17 @@ def stock_balance(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
 @rule("reservation-settled")
 def reservation_settled(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """An ended order holds no active reservation: a CONFIRMED one has its reservation committed
-    (active is allowed while running: the commit follows order.confirmed), any other has none active
-    or committed (FAILED_CRITICAL may keep an active one: its release did not finish). At most one
-    reservation per order is not released."""
+    (active is allowed while running: the commit follows order.confirmed) and none released (sold stock
+    back on sale), any other has none active or committed (FAILED_CRITICAL may keep an active one: its
+    release did not finish). At most one reservation per order is not released."""
     for order_id, saga in snap.settled():
         statuses = Counter(snap.reservations.get(order_id, []))
         held = statuses["active"] + statuses["committed"]
         if held > 1:
             yield order_id, f"{held} reservations hold stock"
         if saga.status == CONFIRMED:
+            if statuses["released"]:
+                yield order_id, f"CONFIRMED with {statuses['released']} released reservation(s)"
             if statuses["committed"] or (statuses["active"] and snap.allow_running):
                 continue
             found = ", ".join(sorted(statuses.elements())) or "none"
@@ -145,14 +206,15 @@ def compensations_finished(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
 
 @rule("order-record")
 def order_record(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
-    """Every CONFIRMED order has one order record (its key makes it at most one), CONFIRMED too;
-    every order record belongs to a CONFIRMED saga."""
+    """A CONFIRMED order record exactly when the saga is CONFIRMED: every CONFIRMED order has one order
+    record (its key makes it at most one), CONFIRMED too; no other ended order has a CONFIRMED record (a
+    compensated order's record is VOIDED, or absent)."""
     for order_id, saga in snap.settled():
         record = snap.records.get(order_id)
         if saga.status == CONFIRMED and record != CONFIRMED:
             yield order_id, f"CONFIRMED but order record is {record or 'missing'}"
-        elif saga.status != CONFIRMED and record is not None:
-            yield order_id, f"{saga.status} but an order record exists ({record})"
+        elif saga.status != CONFIRMED and record == CONFIRMED:
+            yield order_id, f"{saga.status} but its order record is CONFIRMED"
 
 
 @rule("notification")
@@ -173,15 +235,14 @@ def notification(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
 
 @rule("effects-without-saga")
 def effects_without_saga(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
-    """Every effect (reservation, payment, refund, order record, notification, Stripe PaymentIntent)
-    belongs to a submitted order: one with a saga."""
+    """Every effect (reservation, payment, refund, order record, notification) belongs to a submitted
+    order: one with a saga. (The provider is read per saga, so its orphans are not seen here.)"""
     sources = {
         "reservation": snap.reservations,
         "payment": snap.payments,
         "refund": snap.refunds,
         "order record": snap.records,
         "notification": snap.notifications,
-        "stripe": snap.intents_by_order,
     }
     orphans: dict[str, list[str]] = defaultdict(list)
     for where, orders in sources.items():

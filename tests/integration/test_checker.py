@@ -1,8 +1,9 @@
 """The invariant checker: clean states pass, each kind of violation is reported by exactly its rule.
 
 States are written directly in SQL into a fresh set of databases (stock through the inventory
-repository, as the service moves it, so the stock ledger's trigger sees the real statements); the
-last test runs the checker against the session's stack after real orders.
+repository, as the service moves it, so the stock ledger's trigger sees the real statements), and the
+payment provider's records through the Stripe SDK into a real local Stripe server, as the payment
+service makes them; the last test runs the checker against the session's stack after real orders.
 """
 
 import json
@@ -15,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import stripe
 from harness import (
     Stack,
     create_databases,
@@ -27,8 +29,9 @@ from harness import (
     settings_for,
 )
 
+from devservers.stripe_server import RunningServer, run_stripe_server
 from orchestrator import definition
-from orderctl.checker import RULES, Report, check
+from orderctl.checker import RULES, CheckError, ProviderConfig, Report, check
 from orderctl.config import SERVICES, CtlSettings
 from plumbing.db import connect
 from services.inventory import repository as inventory_repo
@@ -178,7 +181,7 @@ class World:
         await self.payment(order_id, 1000)
         await self.record(order_id)
         await self.notified(order_id)
-        await self.saga(order_id, "CONFIRMED")
+        await self.saga(order_id, "CONFIRMED", inventory={"amount": "10.00", "currency": "usd"})
 
     async def payment_failed(self, order_id: str) -> None:
         await self.reserve(order_id, "sku-a", 1, then="released")
@@ -212,8 +215,63 @@ class World:
         await self.payment(orders["NOTIFY"], 500)
         await self.record(orders["NOTIFY"])
         await self.notified(orders["NOTIFY"], "failed")
-        await self.saga(orders["NOTIFY"], "CONFIRMED", notificationError={"Error": "NotificationError", "Cause": "x"})
+        await self.saga(
+            orders["NOTIFY"],
+            "CONFIRMED",
+            inventory={"amount": "5.00", "currency": "usd"},
+            notificationError={"Error": "NotificationError", "Cause": "x"},
+        )
         return orders
+
+
+class Provider:
+    """The payment provider's records, made through the Stripe SDK against a real local Stripe server."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.config = ProviderConfig(api_key="sk_test_checker", api_base=server.url)
+        self.http = stripe.AIOHTTPClient()
+        self.client = stripe.StripeClient(
+            "sk_test_checker", base_addresses={"api": server.url}, http_client=self.http, max_network_retries=0
+        )
+
+    async def intent(self, order_id: str, amount: int, *, pm: str = "pm_card_visa", **extra: Any) -> Any:
+        """A PaymentIntent as the payment service creates it (metadata orderId); confirmed unless told not to."""
+        params: dict[str, Any] = {
+            "amount": amount,
+            "currency": "usd",
+            "payment_method": pm,
+            "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+            "confirm": True,
+            "metadata": {"orderId": order_id},
+            **extra,
+        }
+        try:
+            return await self.client.v1.payment_intents.create_async(params)
+        except stripe.CardError as declined:  # the intent stays, requires_payment_method
+            assert declined.error is not None
+            return declined.error.payment_intent
+
+    async def refund(self, intent_id: str, amount: int | None = None) -> None:
+        params: dict[str, Any] = {"payment_intent": intent_id} | ({"amount": amount} if amount else {})
+        await self.client.v1.refunds.create_async(params)
+
+    async def agreeing(self, orders: dict[str, str]) -> None:
+        """What the clean orders left at the provider: the CONFIRMED ones charged, the compensated one refunded
+        in full, the failed one declined, the cancelled one never charged."""
+        await self.intent(orders["CONFIRMED"], 1000)
+        await self.intent(orders["NOTIFY"], 500)
+        await self.refund((await self.intent(orders["FAILED_COMPENSATED"], 500)).id)
+        await self.intent(orders["FAILED"], 500, pm="pm_card_chargeDeclined")
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[Provider]:
+    async with run_stripe_server() as server:
+        p = Provider(server)
+        try:
+            yield p
+        finally:
+            await p.http.close_async()
 
 
 @pytest.fixture
@@ -230,48 +288,18 @@ def rules(report: Report) -> set[str]:
     return {v.rule for v in report.violations}
 
 
-def stripe_state(intents: list[tuple[str, str, list[tuple[int, int]]]]) -> dict[str, Any]:
-    """A /_test/state document: (intent id, orderId, [(amount, amount_refunded) per succeeded charge])."""
-    state: dict[str, Any] = {"payment_intents": [], "charges": [], "refunds": []}
-    for intent_id, order_id, charges in intents:
-        state["payment_intents"].append({"id": intent_id, "metadata": {"orderId": order_id}, "status": "succeeded"})
-        for amount, refunded in charges:
-            state["charges"].append(
-                {
-                    "id": f"ch_{uuid.uuid4().hex[:8]}",
-                    "payment_intent": intent_id,
-                    "status": "succeeded",
-                    "captured": True,
-                    "amount": amount,
-                    "amount_refunded": refunded,
-                    "metadata": {"orderId": order_id},
-                }
-            )
-    return state
-
-
-def stripe_agreeing(orders: dict[str, str], confirmed: list[tuple[str, list[tuple[int, int]]]] | None = None) -> dict:
-    """Stripe as the clean orders left it; ``confirmed`` replaces the CONFIRMED order's intents."""
-    intents = [(intent_id, orders["CONFIRMED"], charges) for intent_id, charges in confirmed or []] or [
-        (f"pi_{orders['CONFIRMED']}", orders["CONFIRMED"], [(1000, 0)])
-    ]
-    intents += [
-        (f"pi_{orders['NOTIFY']}", orders["NOTIFY"], [(500, 0)]),
-        (f"pi_{orders['FAILED_COMPENSATED']}", orders["FAILED_COMPENSATED"], [(500, 500)]),
-    ]
-    return stripe_state(intents)
-
-
 def test_every_rule_has_a_name_and_a_docstring() -> None:
     names = [name for name, _ in RULES]
-    assert len(names) == len(set(names)) == 11
+    assert len(names) == len(set(names)) == 14
     assert all(fn.__doc__ for _, fn in RULES)
 
 
-async def test_a_clean_state_has_no_violation_and_counts_its_figures(world: World) -> None:
+async def test_a_clean_state_has_no_violation_and_counts_its_figures(world: World, provider: Provider) -> None:
     orders = await world.clean()
     report = await check(world.settings, allow_running=False)
     assert report.violations == []
+    assert len(report.notes) == 1 and "payment provider not read" in report.notes[0]
+    assert "provider-charge" in report.notes[0] and "provider_payment_intents" not in report.figures
     f = report.figures
     assert f["orders"] == 5 and f["orders_confirmed"] == 2 and f["orders_failed_compensated"] == 1
     assert f["charges"] == 3 and f["charged_minor"] == 2000 and f["refunded_minor"] == 500
@@ -279,9 +307,13 @@ async def test_a_clean_state_has_no_violation_and_counts_its_figures(world: Worl
     assert f["order_records"] == 2 and f["emails_sent"] == 1 and f["emails_failed"] == 1
     assert f["compensations_started"] == 3
 
-    # Stripe agrees: one intent per charged order, the compensated one refunded in full.
-    report = await check(world.settings, allow_running=False, stripe_state=stripe_agreeing(orders))
-    assert report.violations == [] and report.figures["stripe_succeeded_charges"] == 3
+    # The provider agrees: one intent per charged order, the compensated one refunded in full.
+    await provider.agreeing(orders)
+    report = await check(world.settings, allow_running=False, provider=provider.config)
+    assert report.violations == [] and report.notes[0].startswith("payment provider read at http://127.0.0.1:")
+    f = report.figures
+    assert f["provider_orders_read"] == 5 and f["provider_payment_intents"] == 4 and f["provider_succeeded"] == 3
+    assert f["provider_received_minor"] == 2000 and f["provider_refunded_minor"] == 500
 
 
 async def test_a_running_order_is_a_violation_only_at_quiescence(world: World) -> None:
@@ -308,16 +340,6 @@ async def test_a_status_its_history_does_not_end_with(world: World) -> None:
     assert rules(report) == {"terminal-status"} and "history ended FAILED" in report.violations[0].detail
 
 
-async def test_two_payment_intents_or_two_charges_for_one_order(world: World) -> None:
-    orders = await world.clean()
-    two_intents = stripe_agreeing(orders, [("pi_1", [(1000, 0)]), ("pi_2", [])])
-    report = await check(world.settings, stripe_state=two_intents)
-    assert rules(report) == {"single-charge"} and "2 PaymentIntents" in report.violations[0].detail
-    two_charges = stripe_agreeing(orders, [("pi_1", [(1000, 0), (1000, 0)])])
-    report = await check(world.settings, stripe_state=two_charges)
-    assert rules(report) == {"single-charge"} and "2 succeeded charges" in report.violations[0].detail
-
-
 async def test_refunds_above_the_charge(world: World) -> None:
     orders = await world.clean()
     await world.refund(orders["FAILED_COMPENSATED"], 100)  # a second refund: 600 of 500
@@ -334,17 +356,6 @@ async def test_money_kept_for_a_failed_order_or_missing_for_a_confirmed_one(worl
     report = await check(world.settings)
     assert rules(report) == {"money-iff-confirmed"}
     assert {v.order_id for v in report.violations} == {orders["FAILED"], orders["CONFIRMED"]}
-
-
-async def test_stripe_is_preferred_to_the_ledger_for_money_kept(world: World) -> None:
-    orders = await world.clean()
-    # Our ledger says refunded; Stripe says the charge still stands.
-    stripe = stripe_agreeing(orders)
-    next(c for c in stripe["charges"] if c["metadata"]["orderId"] == orders["FAILED_COMPENSATED"])[
-        "amount_refunded"
-    ] = 0
-    report = await check(world.settings, stripe_state=stripe)
-    assert [(v.rule, v.order_id) for v in report.violations] == [("money-iff-confirmed", orders["FAILED_COMPENSATED"])]
 
 
 async def test_negative_stock(world: World) -> None:
@@ -452,14 +463,147 @@ async def test_effects_of_an_order_that_was_never_submitted(world: World) -> Non
     assert "payment, order record" in report.violations[0].detail
 
 
-async def test_orderctl_check_prints_and_exits_1_on_a_violation(world: World) -> None:
+# -- the payment provider, read through the Stripe SDK -------------------------------------------
+async def judged(world: World, provider: Provider, **kwargs: Any) -> list[tuple[str, str | None]]:
+    report = await check(world.settings, provider=provider.config, **kwargs)
+    return [(v.rule, v.order_id) for v in report.violations]
+
+
+async def test_a_failed_order_whose_charge_was_never_refunded(world: World, provider: Provider) -> None:
+    orders = await world.clean()
+    await provider.agreeing(orders)
+    # The answer was lost after the provider charged: our ledger has no payment, the provider has the money.
+    lost = new_id()
+    await world.reserve(lost, "sku-a", 1, then="released")
+    await world.saga(lost, "FAILED", history=RELEASED)
+    intent = await provider.intent(lost, 500)
+    assert (await check(world.settings)).violations == []  # the ledger alone cannot see it
+    assert await judged(world, provider) == [("provider-money-returned", lost)]
+    await provider.refund(intent.id, 200)  # part of it back is not enough
+    report = await check(world.settings, provider=provider.config)
+    assert [v.rule for v in report.violations] == ["provider-money-returned"]
+    assert "300 kept" in report.violations[0].detail and intent.id in report.violations[0].detail
+    await provider.refund(intent.id)
+    assert await judged(world, provider) == []
+
+
+async def test_a_refund_our_ledger_has_but_the_provider_does_not(world: World, provider: Provider) -> None:
+    orders = await world.clean()
+    await provider.agreeing(orders)
+    cancelled = orders["CANCELLED"]
+    await world.payment(cancelled, 700)
+    await world.refund(cancelled, 700)  # the ledger balances, the provider kept the money
+    await provider.intent(cancelled, 700)
+    assert await judged(world, provider) == [("provider-money-returned", cancelled)]
+
+
+async def test_intents_that_can_still_take_money(world: World, provider: Provider) -> None:
+    orders = await world.clean()
+    await provider.agreeing(orders)
+    held = await provider.intent(orders["CANCELLED"], 500, capture_method="manual")  # requires_capture
+    assert held.status == "requires_capture"
+    unconfirmed = await provider.intent(orders["FAILED"], 500, confirm=False)  # requires_confirmation
+    challenged = await provider.intent(orders["FAILED_COMPENSATED"], 500, pm="pm_card_threeDSecure2Required")
+    assert (unconfirmed.status, challenged.status) == ("requires_confirmation", "requires_action")
+    found = await judged(world, provider)
+    open_ = sorted(order_id for rule, order_id in found if rule == "provider-intent-open")
+    assert open_ == sorted([orders["CANCELLED"], orders["FAILED"], orders["FAILED_COMPENSATED"]])
+    # Canceled, they can take nothing more (the authorization is released).
+    for intent in (held, unconfirmed, challenged):
+        await provider.client.v1.payment_intents.cancel_async(intent.id)
+    assert {rule for rule, _ in await judged(world, provider)} == {"single-charge"}  # 2 intents for 2 orders
+
+
+async def test_a_confirmed_order_charged_twice(world: World, provider: Provider) -> None:
+    orders = await world.clean()
+    await provider.agreeing(orders)
+    second = await provider.intent(orders["CONFIRMED"], 1000)
+    assert sorted(await judged(world, provider)) == [
+        ("provider-charge", orders["CONFIRMED"]),
+        ("single-charge", orders["CONFIRMED"]),
+    ]
+    await provider.refund(second.id)  # the duplicate refunded: one standing charge, still two intents
+    assert await judged(world, provider) == [("single-charge", orders["CONFIRMED"])]
+
+
+async def test_a_confirmed_order_charged_the_wrong_amount_or_not_at_all(world: World, provider: Provider) -> None:
+    orders = await world.clean()
+    await provider.agreeing(orders)
+    wrong = new_id()
+    await world.confirmed(wrong)  # priced 10.00 usd
+    await provider.intent(wrong, 1200)
+    report = await check(world.settings, provider=provider.config)
+    assert [(v.rule, v.order_id) for v in report.violations] == [("provider-charge", wrong)]
+    assert "priced 1000 usd, charged 1200 usd" in report.violations[0].detail
+
+    refunded = new_id()
+    await world.confirmed(refunded)
+    await provider.refund((await provider.intent(refunded, 1000)).id, 100)
+    never = new_id()
+    await world.confirmed(never)
+    details = {
+        v.order_id: v.detail
+        for v in (await check(world.settings, provider=provider.config)).violations
+        if v.order_id != wrong
+    }
+    assert set(details) == {refunded, never}
+    assert "partly refunded" in details[refunded] and "0 standing charges" in details[never]
+
+
+async def test_running_orders_are_not_read_from_the_provider(world: World, provider: Provider) -> None:
+    orders = await world.clean()
+    await provider.agreeing(orders)
+    running = new_id()
+    await world.saga(running, "RUNNING")
+    await provider.intent(running, 500)  # charged, the saga goes on
+    report = await check(world.settings, allow_running=True, provider=provider.config)
+    assert report.violations == [] and report.figures["provider_orders_read"] == 5
+
+
+async def test_the_provider_read_from_settings_and_an_unreachable_one(world: World, provider: Provider) -> None:
+    orders = await world.clean()
+    await provider.agreeing(orders)
+    await provider.intent(orders["CANCELLED"], 500)
+    configured = world.settings.model_copy(update={"stripe_api_base": provider.config.api_base})
+    report = await check(configured)
+    assert [(v.rule, v.order_id) for v in report.violations] == [("provider-money-returned", orders["CANCELLED"])]
+    with pytest.raises(CheckError, match="payment provider"):
+        await check(world.settings, provider=ProviderConfig(api_key="sk_live_wrong", api_base=provider.config.api_base))
+
+
+async def test_a_voided_record_is_no_confirmed_record(world: World) -> None:
+    orders = await world.clean()
+    compensated = orders["FAILED_COMPENSATED"]
+    await world.record(compensated)
+    await world.sql("orders", "UPDATE order_record SET status = 'VOIDED' WHERE order_id = $1", compensated)
+    assert (await check(world.settings)).violations == []
+    await world.sql("orders", "UPDATE order_record SET status = 'VOIDED' WHERE order_id = $1", orders["CONFIRMED"])
+    assert [(v.rule, v.order_id) for v in (await check(world.settings)).violations] == [
+        ("order-record", orders["CONFIRMED"])
+    ]
+
+
+async def test_a_confirmed_order_with_a_released_reservation_beside_its_committed_one(world: World) -> None:
+    orders = await world.clean()
+    conn = await world.conn("inventory")
+    async with conn.transaction():
+        assert await inventory_repo.take_stock(conn, "sku-a", 1)
+        late = await inventory_repo.create_reservation(conn, orders["CONFIRMED"], "late", {"sku-a": 1})
+    async with conn.transaction():
+        await inventory_repo.release_reservation(conn, late)
+    report = await check(world.settings)
+    assert [(v.rule, v.order_id) for v in report.violations] == [("reservation-settled", orders["CONFIRMED"])]
+    assert "released" in report.violations[0].detail
+
+
+async def test_orderctl_check_prints_and_exits_1_on_a_violation(world: World, provider: Provider) -> None:
     import asyncio
     import os
     import subprocess
     import sys
 
-    await world.clean()
-    env = dict(os.environ)
+    orders = await world.clean()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "ORDERFLOW_STRIPE_"))}
     for spec in SERVICES:
         env[f"ORDERFLOW_{spec.name.upper()}_DATABASE_URL"] = world.settings.database_url(spec.name)
 
@@ -470,6 +614,11 @@ async def test_orderctl_check_prints_and_exits_1_on_a_violation(world: World) ->
     clean = await asyncio.to_thread(run)
     assert clean.returncode == 0, clean.stderr
     assert "violations: 0" in clean.stdout and "orders_confirmed" in clean.stdout
+    assert "note: payment provider not read" in clean.stdout
+    await provider.agreeing(orders)
+    read = await asyncio.to_thread(run, "--stripe-url", str(provider.config.api_base))
+    assert read.returncode == 0, read.stdout + read.stderr
+    assert "provider_succeeded" in read.stdout and "note: payment provider read at" in read.stdout
     await world.saga(new_id(), "RUNNING")
     dirty = await asyncio.to_thread(run, "--json")
     assert dirty.returncode == 1
@@ -499,4 +648,4 @@ async def test_the_running_stack_after_real_orders_has_no_violation(stack: Stack
     # test judges its own orders, and the violations of no order (stock, ledger).
     mine = {order_id for _, order_id, _, _ in orders}
     assert [v for v in report.violations if v.order_id is None or v.order_id in mine] == []
-    assert report.figures["orders"] >= 5 and report.figures["stripe_succeeded_charges"] >= 3
+    assert report.figures["orders"] >= 5 and report.figures["provider_succeeded"] >= 3
