@@ -3,7 +3,9 @@
 Extensions to ASL, each documented in docs/workflow.md: ``Status`` on Succeed and
 Fail states (the order's terminal status), ``TimeoutSeconds`` on a Parallel
 state (the guide's 120 s compensation window) and ``Compensation`` on a Task
-state (it undoes an earlier step; counted in orderflow_compensations_total).
+state (it undoes an earlier step; counted in orderflow_compensations_total)
+and ``Reconcile`` on a Task state (when it times out and no retry is left, the
+command is asked once more, same key, before its Catch applies).
 """
 
 import json
@@ -17,6 +19,9 @@ TASK_FAILED = "States.TaskFailed"
 TIMEOUT = "States.Timeout"
 BRANCH_FAILED = "States.BranchFailed"
 PREDEFINED_ERRORS = {ALL, TASK_FAILED, TIMEOUT, BRANCH_FAILED, "States.Runtime"}
+#: A service's refusal of a command whose deadline passed (plumbing.errors.COMMAND_EXPIRED, the same name): the
+#: engine sends the command afresh while its step still waits, instead of matching Retry and Catch.
+COMMAND_EXPIRED = "Command.Expired"
 
 DEFINITION_FILE = Path(__file__).parent / "workflow.json"
 
@@ -81,6 +86,14 @@ def _check_ordering(entries: list[Any], kind: str) -> None:
             raise ValueError(f"States.ALL must be in the last {kind}")
 
 
+class ReconcilePolicy(_Strict):
+    """Extension: a Task with side effects asks once more (same command, same idempotency keys) when it timed out
+    and no retrier applies, so a step that took effect while its answer was lost proceeds instead of compensating."""
+
+    TimeoutSeconds: float = Field(gt=0, description="How long the reconcile waits for its answer.")
+    Comment: str | None = None
+
+
 class TaskState(_Flow):
     """Send a command to a service and wait for its reply."""
 
@@ -94,6 +107,9 @@ class TaskState(_Flow):
     Compensation: bool = Field(
         False, description="Extension: the task undoes an earlier step (a release, a refund); only metrics read it."
     )
+    Reconcile: ReconcilePolicy | None = Field(
+        None, description="Extension: ask again once after a final States.Timeout, before the Catch applies."
+    )
 
     @model_validator(mode="after")
     def _tables(self) -> "TaskState":
@@ -101,6 +117,8 @@ class TaskState(_Flow):
         _check_ordering(self.Catch, "catcher")
         if "." not in self.Resource:
             raise ValueError("Resource must be '<service>.<Command>'")
+        if self.Reconcile is not None and self.Compensation:
+            raise ValueError("Reconcile is for forward steps; a Compensation's own Retry asks again")
         return self
 
     @property

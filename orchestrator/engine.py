@@ -2,6 +2,14 @@
 
 No I/O happens here. Time, ids and jitter come in through ``Context`` so tests
 drive the engine step by step and advance time instead of sleeping.
+
+Every command carries a deadline, its step's window. A service refuses a command
+handled past it (``Command.Expired``); if the run still waits for that command
+(the saga clock held its timer back through an outage the command sat out in a
+queue), the same attempt is sent afresh, up to MAX_REISSUES times, then counts
+as ``States.Timeout``. A Task with ``Reconcile`` that times out with no retry
+left asks once more (same command, same keys) before its Catch: a success then
+proceeds, anything else is caught as the original ``States.Timeout``.
 """
 
 import copy
@@ -15,6 +23,7 @@ from typing import Any
 from orchestrator import paths, retry
 from orchestrator.definition import (
     BRANCH_FAILED,
+    COMMAND_EXPIRED,
     TIMEOUT,
     FailState,
     ParallelState,
@@ -42,6 +51,9 @@ from orchestrator.state import (
 )
 
 PARALLEL_LANE = "parallel"
+#: Fresh sends of one run's command after Command.Expired replies; one more expiry counts as States.Timeout.
+#: An outage the saga clock sat out costs one; more means the service cannot start it in its window.
+MAX_REISSUES = 3
 
 
 @dataclass
@@ -125,25 +137,56 @@ class _Run:
                 detail={"ok": event.ok},
             )
             return
-        assert lane.run is not None
+        run = lane.run
+        assert run is not None
+        if not event.ok and event.error is not None and event.error.Error == COMMAND_EXPIRED:
+            self.command_expired(lane, event.error)
+            return
         self.timers[lane.key] = None
         if event.ok:
             task = self.task(lane)
-            self.note("TaskSucceeded", lane, attempt=lane.run.attempt, commandId=event.commandId)
+            detail = {"reconciled": True} if run.reconcileOf else None
+            self.note("TaskSucceeded", lane, attempt=run.attempt, commandId=event.commandId, detail=detail)
             lane.data = paths.put(lane.data, task.ResultPath, event.result or {})
             lane.run = None
             self.advance(lane, task.Next, task.End)
+            return
+        error = event.error or ErrorOut(Error="States.TaskFailed")
+        event_name = "ReconcileFailed" if run.reconcileOf else "TaskFailed"
+        self.note(
+            event_name, lane, attempt=run.attempt, commandId=event.commandId, error=error.Error, cause=error.Cause
+        )
+        if run.reconcileOf:
+            self.reconcile_failed(lane)
         else:
-            error = event.error or ErrorOut(Error="States.TaskFailed")
-            self.note(
-                "TaskFailed",
-                lane,
-                attempt=lane.run.attempt,
-                commandId=event.commandId,
-                error=error.Error,
-                cause=error.Cause,
-            )
             self.task_failed(lane, error)
+
+    def command_expired(self, lane: Lane, error: ErrorOut) -> None:
+        """The service refused the command the run waits for as past its deadline: send it afresh, or give up."""
+        run = lane.run
+        assert run is not None
+        if run.reissues >= MAX_REISSUES:
+            self.timers[lane.key] = None
+            cause = f"the command expired before it was handled, {run.reissues + 1} times: {error.Cause}"
+            self.note(
+                "ReconcileTimedOut" if run.reconcileOf else "TaskTimedOut",
+                lane,
+                attempt=run.attempt,
+                commandId=run.commandId,
+                error=TIMEOUT,
+                cause=cause,
+            )
+            self.timed_out(lane, ErrorOut(Error=TIMEOUT, Cause=cause))
+            return
+        task = self.task(lane)
+        timeout = task.Reconcile.TimeoutSeconds if run.reconcileOf and task.Reconcile else task.TimeoutSeconds
+        self.send(
+            lane,
+            run.model_copy(update={"commandId": self.ctx.new_id(), "reissues": run.reissues + 1}),
+            timeout_seconds=timeout,
+            event="CommandReissued",
+            detail={"expired": run.commandId, "reissues": run.reissues + 1, "cause": error.Cause},
+        )
 
     def on_timer(self, event: TimerFired) -> None:
         if event.lane == PARALLEL_LANE:
@@ -156,12 +199,20 @@ class _Run:
         run = lane.run
         if run.phase == "waiting_reply" and event.token == f"timeout:{run.commandId}":
             self.timers[lane.key] = None
-            self.note("TaskTimedOut", lane, attempt=run.attempt, commandId=run.commandId, error=TIMEOUT)
-            self.task_failed(lane, ErrorOut(Error=TIMEOUT, Cause="no reply within TimeoutSeconds"))
+            timed_out = "ReconcileTimedOut" if run.reconcileOf else "TaskTimedOut"
+            self.note(timed_out, lane, attempt=run.attempt, commandId=run.commandId, error=TIMEOUT)
+            self.timed_out(lane, ErrorOut(Error=TIMEOUT, Cause="no reply within TimeoutSeconds"))
         elif run.phase == "waiting_retry" and event.token == f"retry:{run.commandId}":
             self.schedule(lane, attempt=run.attempt + 1, counts=run.retryCounts)
 
     # -- transitions -------------------------------------------------------------------------
+    def timed_out(self, lane: Lane, error: ErrorOut) -> None:
+        assert lane.run is not None
+        if lane.run.reconcileOf:
+            self.reconcile_failed(lane)
+        else:
+            self.task_failed(lane, error)
+
     def task_failed(self, lane: Lane, error: ErrorOut) -> None:
         task = self.task(lane)
         assert lane.run is not None
@@ -182,9 +233,34 @@ class _Run:
                 detail={"delaySeconds": round(delay, 3), "retryCounts": counts},
             )
             return
+        if error.Error == TIMEOUT and task.Reconcile is not None:
+            self.reconcile(lane, error, task.Reconcile.TimeoutSeconds)
+            return
         lane.lastAttempt = lane.run.attempt
         lane.run = None
         self.catch(lane, task.Catch, error)
+
+    def reconcile(self, lane: Lane, error: ErrorOut, timeout_seconds: float) -> None:
+        """Ask again, same command and keys: a step that took effect while its answer was lost answers now."""
+        run = lane.run
+        assert run is not None
+        reconcile = TaskRun(
+            commandId=self.ctx.new_id(),
+            attempt=run.attempt,
+            retryCounts=run.retryCounts,
+            startedAt=self.ctx.now,
+            reconcileOf=error,
+        )
+        detail = {"timeoutSeconds": timeout_seconds, "timedOut": run.commandId}
+        self.send(lane, reconcile, timeout_seconds=timeout_seconds, event="ReconcileScheduled", detail=detail)
+
+    def reconcile_failed(self, lane: Lane) -> None:
+        """The reconcile did not answer success: the Catch applies with the error that started it."""
+        run = lane.run
+        assert run is not None and run.reconcileOf is not None
+        lane.lastAttempt = run.attempt
+        lane.run = None
+        self.catch(lane, self.task(lane).Catch, run.reconcileOf)
 
     def catch(self, lane: Lane, catchers: list[Any], error: ErrorOut, branches: list[Lane] | None = None) -> None:
         if lane.key == "main" and lane.current:
@@ -238,23 +314,45 @@ class _Run:
             self.note("TaskFailed", lane, attempt=attempt, error="States.Runtime", cause=str(exc))
             self.catch(lane, task.Catch, ErrorOut(Error="States.Runtime", Cause=str(exc)))
             return
-        lane.run = TaskRun(commandId=command_id, attempt=attempt, retryCounts=counts, startedAt=self.ctx.now)
         lane.lastAttempt = attempt
+        run = TaskRun(commandId=command_id, attempt=attempt, retryCounts=counts, startedAt=self.ctx.now)
+        self.send(
+            lane,
+            run,
+            timeout_seconds=task.TimeoutSeconds,
+            event="TaskScheduled",
+            detail={"resource": task.Resource},
+            payload=payload,
+        )
+
+    def send(
+        self,
+        lane: Lane,
+        run: TaskRun,
+        *,
+        timeout_seconds: float,
+        event: str,
+        detail: dict[str, Any],
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        """Send the lane's command as ``run`` (its id is new), with a deadline and a timeout timer that match.
+        Without ``payload`` the Parameters are resolved again: they resolved for this state's data before."""
+        task = self.task(lane)
+        command_id = run.commandId
+        deadline = self.ctx.now + timedelta(seconds=timeout_seconds)
+        lane.run = run
         self.commands.append(
             CommandOut(
                 resource=task.Resource,
                 messageId=command_id,
-                attempt=attempt,
-                payload=payload,
+                attempt=run.attempt,
+                payload=payload if payload is not None else paths.resolve(task.Parameters, lane.data),
                 state=lane.current or "",
+                deadline=deadline,
             )
         )
-        self.timers[lane.key] = TimerSpec(
-            token=f"timeout:{command_id}",
-            dueAt=self.ctx.now + timedelta(seconds=task.TimeoutSeconds),
-            kind="timeout",
-        )
-        self.note("TaskScheduled", lane, attempt=attempt, commandId=command_id, detail={"resource": task.Resource})
+        self.timers[lane.key] = TimerSpec(token=f"timeout:{command_id}", dueAt=deadline, kind="timeout")
+        self.note(event, lane, attempt=run.attempt, commandId=command_id, detail=detail)
 
     # -- lane ends ---------------------------------------------------------------------------
     def lane_succeeded(self, lane: Lane, status: str | None) -> None:

@@ -148,6 +148,7 @@ class Runner:
                 causationId=causation_id,
                 attempt=command.attempt,
                 replyTo=REPLY_KEY,
+                deadline=command.deadline,
             )
             payload = model.model_validate(command.payload)
             messages.append(outbox.Outgoing(COMMANDS_EXCHANGE, command.resource, envelope, payload))

@@ -21,6 +21,14 @@ class TaskRun(BaseModel):
     retryCounts: list[int] = Field(default_factory=list, description="Retries used, per retrier.")
     phase: Literal["waiting_reply", "waiting_retry"] = "waiting_reply"
     startedAt: datetime
+    reissues: int = Field(
+        0, description="Times this run's command came back Command.Expired and was sent afresh (bounded)."
+    )
+    reconcileOf: ErrorOut | None = Field(
+        None,
+        description="Set when this run is a reconcile (the timed-out command asked again): the error its Catch "
+        "gets if the reconcile does not succeed.",
+    )
 
 
 class Lane(BaseModel):
@@ -102,6 +110,7 @@ class CommandOut(BaseModel):
     attempt: int
     payload: dict[str, Any]
     state: str
+    deadline: datetime | None = Field(None, description="When the step stops waiting for it: the envelope's deadline.")
 
 
 class TimerSpec(BaseModel):

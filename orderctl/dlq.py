@@ -13,12 +13,14 @@ A replay republishes a dead letter where it was first published, with
 publisher confirms and as mandatory, keeping its message id so the consumer's
 inbox still deduplicates it, and acknowledges the dead letter only after the
 broker confirmed the copy: a crash in between leaves both, and the inbox
-absorbs the duplicate.
+absorbs the duplicate. Before that, a ``check`` (orderctl/dlq_check.py: the
+saga's state) may hold dead letters back: those stay in the dead-letter queue,
+or are deleted with ``drop_skipped``.
 """
 
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -26,7 +28,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from contracts.asyncapi import consumer_queues
 from plumbing.consumer import HEADER_DEATH_KIND, HEADER_DEATH_REASON
-from plumbing.envelope import copy_of
+from plumbing.envelope import HEADER_CAUSATION, copy_of
 from plumbing.topology import dq_name
 
 DLQ_SUFFIX = dq_name("")
@@ -66,6 +68,8 @@ class DeadLetter:
     #: Where the message was published before it died: (exchange, routing key); None if unknown.
     origin: tuple[str, str] | None
     body: bytes
+    #: The message it answers or follows (a reply's command), from its x-causation-id header.
+    causation_id: str | None = None
 
     def excerpt(self, size: int = 200) -> str:
         text = " ".join(self.body.decode("utf-8", errors="replace").split())
@@ -102,6 +106,7 @@ def read(message: AbstractIncomingMessage) -> DeadLetter:
         kind=kind,
         origin=origin,
         body=message.body,
+        causation_id=_text(headers[HEADER_CAUSATION]) if headers.get(HEADER_CAUSATION) else None,
     )
 
 
@@ -158,19 +163,48 @@ async def show(url: str, queue: str, *, limit: int) -> tuple[int, list[DeadLette
         return len(messages), [read(m) for m in messages[:limit]]
 
 
-async def replay(url: str, queue: str, message_ids: set[str] | None) -> list[DeadLetter]:
-    """Republish the chosen dead letters (all when ``message_ids`` is None) to where they came from.
+#: Which of the chosen dead letters may be replayed: for each, (replay?, why).
+Check = Callable[[list[DeadLetter]], Awaitable[list[tuple[bool, str]]]]
 
-    Raises DlqError, before anything is replayed, if a chosen dead letter names no origin."""
+
+@dataclass
+class Replay:
+    """What a replay did: the dead letters republished, and those held back with the reason."""
+
+    replayed: list[DeadLetter] = field(default_factory=list)
+    skipped: list[tuple[DeadLetter, str]] = field(default_factory=list)
+    dropped: bool = False  # the skipped ones were deleted, not left in the dead-letter queue
+
+
+async def replay(
+    url: str, queue: str, message_ids: set[str] | None, *, check: Check | None = None, drop_skipped: bool = False
+) -> Replay:
+    """Republish the chosen dead letters (all when ``message_ids`` is None) to where they came from, those
+    ``check`` allows (all without a check); the others stay, or are deleted with ``drop_skipped``.
+
+    Raises DlqError, before anything is replayed, if a dead letter to replay names no origin."""
     name = resolve(queue)
     async with _taken(url, name) as (connection, messages):
         chosen = [m for m in messages if message_ids is None or m.message_id in message_ids]
         letters = [read(m) for m in chosen]
-        unknown = [letter.message_id for letter in letters if letter.origin is None]
+        verdicts = await check(letters) if check is not None and letters else [(True, "")] * len(letters)
+        result = Replay(dropped=drop_skipped)
+        kept: list[tuple[AbstractIncomingMessage, DeadLetter]] = []
+        held: list[AbstractIncomingMessage] = []
+        for message, letter, (allowed, why) in zip(chosen, letters, verdicts, strict=True):
+            if allowed:
+                kept.append((message, letter))
+            else:
+                held.append(message)
+                result.skipped.append((letter, why))
+        unknown = [letter.message_id for _, letter in kept if letter.origin is None]
         if unknown:
             raise DlqError(f"no original exchange or routing key on {', '.join(map(str, unknown))}")
+        if drop_skipped:
+            for message in held:
+                await message.ack()
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        for message, letter in zip(chosen, letters, strict=True):
+        for message, letter in kept:
             assert letter.origin is not None
             exchange, routing_key = letter.origin
             target = (
@@ -180,8 +214,9 @@ async def replay(url: str, queue: str, message_ids: set[str] | None) -> list[Dea
             headers["x-replayed-from"] = name
             await target.publish(copy_of(message, headers), routing_key, mandatory=True, timeout=_PUBLISH_TIMEOUT)
             await message.ack()
+            result.replayed.append(letter)
         await publisher.close()
-        return letters
+        return result
 
 
 async def purge(url: str, queue: str, message_ids: set[str] | None) -> int:

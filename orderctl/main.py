@@ -207,11 +207,18 @@ async def cmd_dlq(settings: CtlSettings, args: argparse.Namespace) -> int:
             if letters:
                 print(dlq.render_letters(letters))
         elif args.action == "replay":
-            replayed = await dlq.replay(settings.amqp_url, args.queue, None if args.all else ids)
-            for letter in replayed:
+            from orderctl.dlq_check import saga_check
+
+            check = None if args.force else saga_check(settings.orchestrator_database_url, args.queue)
+            chosen = None if args.all else ids
+            done = await dlq.replay(settings.amqp_url, args.queue, chosen, check=check, drop_skipped=args.drop_skipped)
+            for letter in done.replayed:
                 assert letter.origin is not None
                 print(f"replayed {letter.message_id or '-'} to {letter.origin[0] or '(default)'} {letter.origin[1]}")
-            if not replayed:
+            where = "dropped" if done.dropped else f"left in {dlq.resolve(args.queue)}"
+            for letter, why in done.skipped:
+                print(f"skipped {letter.message_id or '-'}: {why}; {where}")
+            if not done.replayed and not done.skipped:
                 print("nothing to replay" if args.all else "no matching dead letter", file=sys.stderr)
                 return 0 if args.all else 1
         elif args.action == "purge":
@@ -301,6 +308,12 @@ def parser() -> argparse.ArgumentParser:
     q_which = q_replay.add_mutually_exclusive_group(required=True)
     q_which.add_argument("--message-id", action="append", help="a dead letter's message id (repeatable)")
     q_which.add_argument("--all", action="store_true")
+    q_replay.add_argument(
+        "--force", action="store_true", help="replay without checking the saga's state (see docs/runbook.md)"
+    )
+    q_replay.add_argument(
+        "--drop-skipped", action="store_true", help="delete the dead letters the check holds back, not keep them"
+    )
     q_purge = q_sub.add_parser("purge", help="delete dead letters: one by message id, or all")
     q_purge.add_argument("queue")
     q_purge.add_argument("--message-id", action="append", help="a dead letter's message id (repeatable)")

@@ -6,18 +6,26 @@ from its own records of the command); on a named error (business or transient)
 the transaction is rolled back, so nothing the handler wrote stays, and the reply
 ``CommandFailed {Error, Cause}`` is committed with the inbox row in a new one
 (``Rollback``), so the requester's Retry and Catch tables decide what next.
+
+A command whose deadline (the envelope's ``x-deadline``) has passed when it is
+handled is refused before its handler runs: ``CommandFailed(Command.Expired)``,
+committed with the inbox row, with no effect. Its requester has stopped waiting
+for it (it timed out, retried or compensated), so acting on it now could undo a
+decision already taken; a paused requester that still waits sends it afresh.
 """
 
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
 from pydantic import BaseModel
 
+from plumbing import metrics
 from plumbing.consumer import MessageContext, Rollback, Route
-from plumbing.errors import DB_CONNECTION, NamedError, classify_transient
+from plumbing.errors import COMMAND_EXPIRED, DB_CONNECTION, NamedError, classify_transient
 from plumbing.faults import NO_REPLY
 from plumbing.replies import CommandFailed
 
@@ -25,10 +33,23 @@ log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=BaseModel)
 CommandHandler = Callable[[MessageContext, Any], Awaitable[BaseModel | None]]
+Clock = Callable[[], datetime]
 
 
-def command_route(model: type[C], handler: Callable[[MessageContext, C], Awaitable[BaseModel | None]]) -> Route:
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def command_route(
+    model: type[C], handler: Callable[[MessageContext, C], Awaitable[BaseModel | None]], *, clock: Clock = utcnow
+) -> Route:
     async def handle(ctx: MessageContext, command: C) -> None:
+        deadline, now = ctx.envelope.deadline, clock()
+        if deadline is not None and now > deadline:
+            metrics.COMMANDS_EXPIRED.labels(ctx.queue, ctx.envelope.type).inc()
+            cause = f"deadline {deadline.isoformat()} passed {(now - deadline).total_seconds():.3f} s ago"
+            await _fail(ctx, error=NamedError(cause, name=COMMAND_EXPIRED))
+            return
         fault = ctx.faults.match(ctx.envelope) if ctx.faults else None
         if fault is not None:
             log.warning("injected fault", extra={"fields": {"error": fault.error}})

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -46,6 +47,7 @@ class MessageContext:
     conn: asyncpg.Connection
     consumer: str
     faults: FaultPlan | None = None
+    queue: str = ""  # the queue it came from, for metrics
 
     async def publish(
         self,
@@ -195,6 +197,12 @@ class Consumer:
             correlationId=envelope.correlationId,
             messageId=envelope.messageId,
         )
+        if route.needs_reply:
+            # A command's wait from its sending (outbox and broker included) to now; its step's timeout counts
+            # from the sending, so a long wait here is time the service never had (OrderflowCommandQueueWaitHigh).
+            sent = envelope.occurredAt
+            waited = (datetime.now(UTC) - (sent if sent.tzinfo else sent.replace(tzinfo=UTC))).total_seconds()
+            metrics.COMMAND_QUEUE_WAIT.labels(self.queue_name).observe(max(0.0, waited))
         delay = 0.2
         while True:
             try:
@@ -268,7 +276,10 @@ class Consumer:
             async with conn.transaction():
                 if not await inbox.claim(conn, self.name, envelope.messageId):
                     return False, []
-                await work(MessageContext(envelope=envelope, conn=conn, consumer=self.name, faults=self.faults))
+                ctx = MessageContext(
+                    envelope=envelope, conn=conn, consumer=self.name, faults=self.faults, queue=self.queue_name
+                )
+                await work(ctx)
         return True, written.messages()
 
     async def _committed(self, messages: Sequence[outbox.Pending]) -> None:

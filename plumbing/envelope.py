@@ -4,7 +4,9 @@ The body is the payload model's JSON and nothing else, so an outside client
 can publish a bare JSON document; the envelope fields ride in the standard
 AMQP properties (message-id, correlation-id, type, timestamp, reply-to) and
 in a few ``x-`` headers. A message that arrives without a message id gets a
-content-derived one, so publishing the same bytes twice is one message.
+content-derived one, so publishing the same bytes twice is one message. A
+command carries its deadline (``x-deadline``, ISO 8601): the service refuses
+it once that has passed (plumbing/commands.py).
 """
 
 import hashlib
@@ -14,13 +16,14 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
 HEADER_CAUSATION = "x-causation-id"
 HEADER_ATTEMPT = "x-attempt"
 HEADER_SCHEMA = "x-schema-version"
 HEADER_OCCURRED = "x-occurred-at"
+HEADER_DEADLINE = "x-deadline"
 
 
 def new_id() -> str:
@@ -40,10 +43,21 @@ class Envelope(BaseModel):
     schemaVersion: int = Field(SCHEMA_VERSION, description="Version of the payload schema.")
     occurredAt: datetime = Field(default_factory=lambda: datetime.now(UTC))
     replyTo: str | None = Field(None, description="Routing key for the reply to a command.")
+    deadline: datetime | None = Field(
+        None,
+        description="A command's deadline (UTC): sent time + its step's TimeoutSeconds. A service refuses the "
+        "command once it has passed (Command.Expired), since its requester no longer waits for that answer.",
+    )
     trace: dict[str, str] = Field(
         default_factory=dict,
         description="Trace context of the producer, kept with an outbox row; on the wire it is in the headers.",
     )
+
+    @field_validator("deadline")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # A deadline without a zone (from an outside client) is read as UTC, so it compares with an aware clock.
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     def to_amqp(self, body: bytes) -> aio_pika.Message:
         return aio_pika.Message(
@@ -66,6 +80,8 @@ class Envelope(BaseModel):
         }
         if self.causationId:
             headers[HEADER_CAUSATION] = self.causationId
+        if self.deadline:
+            headers[HEADER_DEADLINE] = self.deadline.isoformat()
         return headers
 
     @classmethod
@@ -87,6 +103,7 @@ class Envelope(BaseModel):
                 "schemaVersion": _int(headers.get(HEADER_SCHEMA), SCHEMA_VERSION),
                 "occurredAt": _text(occurred) if isinstance(occurred, bytes) else occurred,
                 "replyTo": message.reply_to,
+                "deadline": _text(headers.get(HEADER_DEADLINE)),
             }
         )
 

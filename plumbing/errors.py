@@ -46,6 +46,9 @@ DB_CONNECTION = "Database.ConnectionError"
 DB_TOO_MANY_CONNECTIONS = "Database.TooManyConnections"
 SERVICE_UNAVAILABLE = "Service.Unavailable"
 SERVICE_THROTTLED = "Service.Throttled"
+#: A command handled after its deadline (the envelope's ``x-deadline``): refused unhandled, since the requester
+#: stopped waiting for it; the orchestrator sends it again if its step still waits (the saga clock may have paused).
+COMMAND_EXPIRED = "Command.Expired"
 
 
 def classify_transient(exc: BaseException) -> TransientError | None:

@@ -38,4 +38,15 @@ OUTBOX_PARKED = Counter(
 OUTBOX_PARKED_ROWS = Gauge(
     "orderflow_outbox_parked_messages", "Rows in outbox_parked, waiting for orderctl outbox retry or drop.", ["service"]
 )
+COMMANDS_EXPIRED = Counter(
+    "orderflow_commands_expired_total",
+    "Commands refused unhandled because their deadline had passed (Command.Expired), by queue and type.",
+    ["queue", "type"],
+)
+COMMAND_QUEUE_WAIT = Histogram(
+    "orderflow_command_queue_wait_seconds",
+    "Time from a command's sending (its envelope's occurredAt, outbox included) to a consumer handling it.",
+    ["queue"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
 READY = Gauge("orderflow_ready", "1 when broker and database are connected and not draining.", ["service"])

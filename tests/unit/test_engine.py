@@ -484,7 +484,7 @@ def test_payment_transient_errors_wait_2_and_4(saga: SagaDsl) -> None:
     assert sorted(c.resource for c in saga.last.commands) == ["inventory.ReleaseInventory", "payment.RefundPayment"]
 
 
-def test_payment_timing_out_twice_compensates_refund_and_release(saga: SagaDsl) -> None:
+def test_payment_timing_out_twice_reconciles_then_compensates_refund_and_release(saga: SagaDsl) -> None:
     saga.expect_command("inventory.CheckInventory")
     saga.reply_ok(PRICED)
     saga.expect_command("inventory.ReserveInventory")
@@ -497,6 +497,15 @@ def test_payment_timing_out_twice_compensates_refund_and_release(saga: SagaDsl) 
     saga.expect_timeout_in(60)
     saga.fire_timeout()
 
+    # The guide's one timeout retry is spent: ask once more, same key, for the Reconcile's 10 s.
+    reconcile = saga.expect_command("payment.ProcessPayment")
+    assert reconcile.payload == second.payload and reconcile.attempt == 2
+    assert reconcile.messageId not in (first.messageId, second.messageId)
+    saga.expect_timeout_in(10).expect_no_command()
+    assert saga.last.history[-1].event == "ReconcileScheduled"
+    saga.fire_timeout()
+
+    assert "ReconcileTimedOut" in saga.events()
     assert sorted(c.resource for c in saga.last.commands) == ["inventory.ReleaseInventory", "payment.RefundPayment"]
     refund = saga.expect_command("payment.RefundPayment")
     release = saga.expect_command("inventory.ReleaseInventory")
@@ -506,7 +515,7 @@ def test_payment_timing_out_twice_compensates_refund_and_release(saga: SagaDsl) 
     saga.expect_status("RUNNING")
     saga.reply_ok({"released": True}, to=release).expect_status("FAILED").expect_no_command()
     assert saga.saga.error is not None and saga.saga.error.Error == "States.Timeout"
-    assert saga.resources().count("payment.ProcessPayment") == 2
+    assert saga.resources().count("payment.ProcessPayment") == 3
 
 
 def test_order_record_error_compensates_in_parallel(saga: SagaDsl) -> None:
@@ -620,3 +629,228 @@ def test_create_order_record_throttling_waits_1_2_4_8_16(saga: SagaDsl) -> None:
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_ok(RECORDED)
     saga.expect_command("notify.NotifyCustomer")
+
+
+# == Deadlines, Command.Expired and Reconcile ===================================================
+EXPIRED = "Command.Expired"
+
+
+def reconciled_task(
+    retry: list[dict[str, Any]] | None = None, timeout: float = 30, reconcile: float = 10
+) -> dict[str, Any]:
+    """``one_task`` with side effects: it declares ``Reconcile`` and catches everything."""
+    document = one_task(retry=retry, catch=CATCH_ALL, timeout=timeout)
+    document["States"]["Work"]["Reconcile"] = {"TimeoutSeconds": reconcile}
+    return document
+
+
+def test_every_command_carries_its_step_window_as_its_deadline() -> None:
+    saga = given(one_task(timeout=12)).start(ORDER)
+    command = saga.expect_command("svc.Work")
+    assert command.deadline == T0 + timedelta(seconds=12) == saga.timers["main"].dueAt
+
+
+def test_command_expired_for_the_awaited_command_sends_the_same_attempt_afresh() -> None:
+    retry = [{"ErrorEquals": ["ErrorX"], "MaxAttempts": 2}]
+    saga = given(one_task(retry=retry, catch=CATCH_ALL, timeout=30)).start(ORDER)
+    saga.expect_command("svc.Work")
+    saga.reply_error("ErrorX").fire_retry()
+    second = saga.expect_command("svc.Work")
+    counts = saga.saga.main.run.retryCounts
+    # The saga clock held this run's timer back through an outage; the command sat it out in its queue.
+    saga.advance(45).reply_error(EXPIRED, "deadline passed 15 s ago")
+
+    again = saga.expect_command("svc.Work")
+    assert again.messageId != second.messageId
+    assert (again.attempt, again.payload) == (second.attempt, second.payload) == (2, {"orderId": "ORDER#1"})
+    assert again.deadline == saga.now + timedelta(seconds=30)
+    saga.expect_timeout_in(30).expect_no_command()
+    assert saga.timers["main"].token == f"timeout:{again.messageId}"
+    run = saga.saga.main.run
+    assert (run.commandId, run.attempt, run.retryCounts, run.reissues) == (again.messageId, 2, counts, 1)
+    entry = saga.last.history[-1]
+    assert (entry.event, entry.commandId, entry.attempt) == ("CommandReissued", again.messageId, 2)
+    assert entry.detail["expired"] == second.messageId
+    assert [h.event for h in saga.last.history] == ["CommandReissued"]  # no failure, no retry counted
+
+    saga.reply_ok({"done": True}).expect_status("DONE")
+    assert saga.data["work"] == {"done": True}
+
+
+def test_command_expired_too_often_is_a_timeout_and_takes_the_timeout_path() -> None:
+    retry = [{"ErrorEquals": ["States.Timeout"], "IntervalSeconds": 5, "MaxAttempts": 1}]
+    saga = given(one_task(retry=retry, catch=CATCH_ALL)).start(ORDER)
+    saga.expect_command("svc.Work")
+    for _ in range(3):
+        saga.reply_error(EXPIRED)
+        saga.expect_command("svc.Work")
+    assert saga.saga.main.run.reissues == 3
+    saga.reply_error(EXPIRED)
+    assert saga.last.history[0].event == "TaskTimedOut" and saga.last.history[0].error == "States.Timeout"
+    saga.expect_retry_delay(5).expect_no_command()  # the Retry table's timeout retrier, as for a timeout
+    saga.fire_retry()
+    retried = saga.expect_command("svc.Work")
+    assert retried.attempt == 2 and saga.saga.main.run.reissues == 0  # a new run has its own bound
+    saga.fire_timeout().expect_status("CAUGHT")
+    assert saga.data["error"]["Error"] == "States.Timeout"
+
+
+def test_command_expired_for_a_superseded_command_is_a_late_reply() -> None:
+    retry = [{"ErrorEquals": ["States.Timeout"], "IntervalSeconds": 5, "MaxAttempts": 1}]
+    saga = given(one_task(retry=retry, catch=CATCH_ALL, timeout=10)).start(ORDER)
+    first = saga.expect_command("svc.Work")
+    saga.fire_timeout().fire_retry()
+    saga.expect_command("svc.Work")
+    before = saga.saga.model_dump()
+    saga.reply_error(EXPIRED, to=first)
+    assert [h.event for h in saga.last.history] == ["LateReplyIgnored"]
+    assert (saga.last.commands, saga.last.timers) == ([], {})
+    assert saga.saga.model_dump() == before
+
+
+def test_timeout_with_no_retry_left_reconciles_and_a_success_proceeds() -> None:
+    saga = given(reconciled_task(timeout=30, reconcile=10)).start(ORDER)
+    work = saga.expect_command("svc.Work")
+    saga.fire_timeout()
+
+    ask = saga.expect_command("svc.Work")
+    assert ask.messageId != work.messageId
+    assert (ask.payload, ask.attempt) == (work.payload, 1)  # the same command, the same keys: it asks again
+    assert ask.deadline == T0 + timedelta(seconds=40)
+    saga.expect_timeout_in(10).expect_status("RUNNING")
+    assert saga.events()[-2:] == ["TaskTimedOut", "ReconcileScheduled"]
+    assert "Caught" not in saga.events()
+
+    saga.reply_ok({"done": True, "already": True}).expect_status("DONE").expect_no_command()
+    assert saga.data["work"] == {"done": True, "already": True}
+    assert saga.last.history[0].event == "TaskSucceeded" and saga.last.history[0].detail == {"reconciled": True}
+    assert saga.timers == {}
+
+
+def test_reconcile_timing_out_is_caught_as_the_original_timeout() -> None:
+    saga = given(reconciled_task(timeout=30, reconcile=10)).start(ORDER)
+    work = saga.expect_command("svc.Work")
+    saga.fire_timeout()
+    ask = saga.expect_command("svc.Work")
+    saga.fire_timeout().expect_status("CAUGHT").expect_no_command()
+    assert saga.now == T0 + timedelta(seconds=40)
+    assert saga.data["error"] == {"Error": "States.Timeout", "Cause": "no reply within TimeoutSeconds"}
+    assert saga.events()[-3:-1] == ["ReconcileTimedOut", "Caught"]
+    assert saga.events().count("TaskTimedOut") == 1  # the reconcile is no second run of the step
+    # Either command's answer, coming now, is late.
+    saga.reply_ok({"done": True}, to=ask)
+    saga.reply_ok({"done": True}, to=work)
+    assert saga.data["error"]["Error"] == "States.Timeout"
+
+
+def test_reconcile_failing_is_caught_as_the_original_timeout() -> None:
+    saga = given(reconciled_task()).start(ORDER)
+    saga.expect_command("svc.Work")
+    saga.fire_timeout()
+    saga.expect_command("svc.Work")
+    saga.reply_error("ErrorX", "no such thing").expect_status("CAUGHT").expect_no_command()
+    assert saga.data["error"]["Error"] == "States.Timeout"
+    failed = next(h for d in saga.decisions for h in d.history if h.event == "ReconcileFailed")
+    assert (failed.error, failed.cause) == ("ErrorX", "no such thing")
+    assert "RetryScheduled" not in saga.events()
+
+
+def test_reconcile_waits_for_the_retriers_and_follows_only_a_timeout() -> None:
+    retry = [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 1}]
+    saga = given(reconciled_task(retry=retry)).start(ORDER)
+    saga.expect_command("svc.Work")
+    saga.fire_timeout().expect_retry_delay(2)  # a retrier still applies: no reconcile yet
+    assert "ReconcileScheduled" not in saga.events()
+    saga.fire_retry()
+    saga.expect_command("svc.Work")
+    saga.fire_timeout()
+    assert saga.saga.main.run.reconcileOf is not None
+    saga.expect_command("svc.Work")
+
+    other = given(reconciled_task()).start(ORDER)
+    other.expect_command("svc.Work")
+    other.reply_error("ErrorX").expect_status("CAUGHT")  # a named error is an answer: nothing to reconcile
+    assert "ReconcileScheduled" not in other.events()
+
+
+def test_a_reconcile_that_expires_is_sent_afresh_within_the_reconcile_window() -> None:
+    saga = given(reconciled_task(timeout=30, reconcile=10)).start(ORDER)
+    saga.expect_command("svc.Work")
+    saga.fire_timeout()
+    ask = saga.expect_command("svc.Work")
+    saga.advance(25).reply_error(EXPIRED)
+    again = saga.expect_command("svc.Work")
+    assert again.messageId != ask.messageId and again.payload == ask.payload
+    saga.expect_timeout_in(10)
+    assert saga.saga.main.run.reconcileOf is not None
+    saga.reply_ok({"done": True}).expect_status("DONE")
+
+
+def test_workflow_reconciles_reserve_payment_and_record_only() -> None:
+    workflow = given().workflow
+    reconciled = {
+        name: state.Reconcile.TimeoutSeconds
+        for name, state in workflow.States.items()
+        if getattr(state, "Reconcile", None) is not None
+    }
+    assert reconciled == {"ReserveInventory": 10, "ProcessPayment": 10, "CreateOrderRecord": 10}
+
+
+def test_reserve_inventory_timeout_reconciles_and_a_reservation_found_proceeds_to_payment(saga: SagaDsl) -> None:
+    saga.expect_command("inventory.CheckInventory")
+    saga.reply_ok(PRICED)
+    reserve = saga.expect_command("inventory.ReserveInventory")
+    saga.fire_timeout()
+    ask = saga.expect_command("inventory.ReserveInventory")
+    assert ask.payload == reserve.payload and ask.payload["idempotencyId"] == "ORDER#1"
+    saga.expect_timeout_in(10)
+    saga.reply_ok(RESERVED)
+    saga.expect_command("payment.ProcessPayment")
+    assert "inventory.ReleaseInventory" not in saga.resources()
+
+
+def test_reserve_inventory_reconcile_timing_out_releases_what_may_be_held(saga: SagaDsl) -> None:
+    saga.expect_command("inventory.CheckInventory")
+    saga.reply_ok(PRICED)
+    saga.expect_command("inventory.ReserveInventory")
+    saga.fire_timeout()
+    saga.expect_command("inventory.ReserveInventory")
+    saga.fire_timeout()
+    release = saga.expect_command("inventory.ReleaseInventory")
+    assert release.payload["idempotencyId"] == "ORDER#1-release"
+    assert saga.data["error"]["Error"] == "States.Timeout"
+
+
+def test_payment_reconcile_finding_the_charge_proceeds_to_the_order_record(saga: SagaDsl) -> None:
+    saga.expect_command("inventory.CheckInventory")
+    saga.reply_ok(PRICED)
+    saga.expect_command("inventory.ReserveInventory")
+    saga.reply_ok(RESERVED)
+    saga.expect_command("payment.ProcessPayment")
+    saga.fire_timeout().fire_retry()
+    saga.expect_command("payment.ProcessPayment")
+    saga.fire_timeout()
+    saga.expect_command("payment.ProcessPayment")
+    saga.reply_ok(PAID)
+    record = saga.expect_command("orders.CreateOrderRecord")
+    assert record.payload["paymentIntentId"] == "pi_1"
+    assert "payment.RefundPayment" not in saga.resources()
+
+
+def test_create_order_record_timeout_reconciles_before_refunding(saga: SagaDsl) -> None:
+    through_payment(saga)
+    record = saga.expect_command("orders.CreateOrderRecord")
+    saga.fire_timeout()  # no States.Timeout retrier on this step: straight to the reconcile
+    ask = saga.expect_command("orders.CreateOrderRecord")
+    assert ask.payload == record.payload
+    saga.expect_timeout_in(10).expect_no_command()
+    saga.reply_ok(RECORDED)
+    assert "payment.RefundPayment" not in saga.resources()
+    assert saga.saga.status == "RUNNING" and saga.pending, "the saga goes on past the order record"
+
+    lost = given().start(ORDER)
+    through_payment(lost)
+    lost.expect_command("orders.CreateOrderRecord")
+    lost.fire_timeout().fire_timeout()
+    assert "payment.RefundPayment" in [c.resource for c in lost.last.commands]
+    assert lost.data["error"]["Error"] == "States.Timeout"
