@@ -11,7 +11,21 @@ Money = Annotated[
     Field(ge=0, max_digits=14, decimal_places=2),
     PlainSerializer(lambda v: float(v), return_type=float, when_used="json"),
 ]
-OrderId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S", description="Saga id, e.g. ORDER#123.")]
+#: What an orderId may hold: printable ASCII without spaces, at most 128 characters. It travels as the AMQP
+#: correlation id of every message of its saga (a short string: 255 bytes) and, with suffixes such as "-payment"
+#: or "-refund", as an idempotency key (Stripe's hold 255 characters); non-ASCII text would count up to four
+#: bytes a character. An order whose id breaks this is rejected at the edge instead of starting a saga whose
+#: messages could never be published.
+ORDER_ID_PATTERN = r"^[\x21-\x7E]{1,128}$"
+OrderId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=ORDER_ID_PATTERN,
+        description="Saga id, e.g. ORDER#123: 1 to 128 printable ASCII characters, no spaces.",
+    ),
+]
 ProductId = Annotated[str, Field(min_length=1, max_length=100)]
 Currency = Annotated[str, Field(pattern=r"^[a-z]{3}$", description="ISO 4217, lower case.")]
 

@@ -1,7 +1,6 @@
 """The orchestrator process: starts sagas, applies replies and timers, serves saga status."""
 
 import asyncio
-import json
 from typing import Any
 
 import asyncpg
@@ -11,7 +10,7 @@ from pydantic import BaseModel
 
 from contracts.orders import OrderRejected, OrderRequested
 from contracts.registry import MESSAGES
-from orchestrator import definition
+from orchestrator import definition, rejection
 from orchestrator.metrics import SAGAS_FAILED_CRITICAL, SAGAS_IN_FLIGHT
 from orchestrator.runner import REPLY_KEY, Runner
 from orchestrator.state import ErrorOut, ReplyReceived
@@ -65,8 +64,9 @@ def build(settings: OrchestratorSettings) -> Process:
         await runner.apply(ctx.conn, ctx.envelope.correlationId, event, causation_id=ctx.envelope.messageId)
 
     async def on_rejected_request(conn: asyncpg.Connection, message: AbstractIncomingMessage, reason: str) -> None:
-        order_id = _order_id_of(message.body)
-        envelope = Envelope(type="OrderRejected", correlationId=order_id or "", causationId=message.message_id)
+        # An invalid orderId may be unusable as a correlation id: the rejection must still be publishable.
+        order_id, correlation_id = rejection.ids_of(message.body)
+        envelope = Envelope(type="OrderRejected", correlationId=correlation_id, causationId=message.message_id)
         await outbox.enqueue(
             conn,
             exchange=EVENTS_EXCHANGE,
@@ -156,15 +156,6 @@ def _resources(workflow: definition.Workflow) -> list[str]:
 
     walk(workflow.States)
     return found
-
-
-def _order_id_of(body: bytes) -> str | None:
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    value = document.get("orderId") if isinstance(document, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ neither), and well-formed orders sent among them complete.
 """
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -16,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import aio_pika
 import pytest
 from faults_support import (
     DELIVERY_LIMIT,
@@ -35,7 +37,7 @@ from faults_support import (
     throw,
     wait_terminal,
 )
-from harness import Stack, db, eventually, metric_value, new_id, order_body, outcome_of, seed
+from harness import Stack, db, eventually, metric_value, new_id, order_body, outcome_of, publish_raw, seed
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -592,3 +594,46 @@ async def test_generated_malformed_messages_are_dead_lettered_or_handled_and_ord
         f"{tally.dead_lettered} dead-lettered, {tally.handled} handled; by kind {dict(tally.by_kind)}; "
         f"{len(tally.orders)} well-formed orders all CONFIRMED"
     )
+
+
+async def test_an_order_id_that_cannot_be_a_correlation_id_is_rejected_and_the_next_order_confirmed(
+    stack: Stack, channel, listener
+) -> None:
+    """Issue 14: 150 'é' are 300 bytes of UTF-8, and no AMQP short string (a correlation id) holds more than 255.
+    Such a request used to start a saga whose every command was unpublishable, and its client heard nothing.
+    Now the edge refuses it, and the rejection itself, which cannot be correlated by that orderId, still goes
+    out: correlated by a digest of it, carrying it as sent. An order published right after is served."""
+    heard: dict[str, aio_pika.abc.AbstractIncomingMessage] = {}
+    queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+    await queue.bind("orders", "order.rejected")
+
+    async def hear(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        causation = (message.headers or {}).get("x-causation-id")
+        heard[causation.decode() if isinstance(causation, bytes) else str(causation)] = message
+
+    await queue.consume(hear, no_ack=True)
+    sku = new_id("sku-")
+    await seed(stack, {sku: (5, "2.00")})
+
+    order_id = "é" * 150
+    request_id = f"request-{uuid.uuid4().hex}"
+    await publish_raw(channel, _doc(order_body(order_id, [(sku, 1)])), message_id=request_id)
+    rejected = await eventually(lambda: _async(heard.get(request_id)), timeout=30, what="order.rejected")
+    body = json.loads(rejected.body)
+    assert body["orderId"] == order_id, body
+    assert any(r.startswith("schema:") and "orderId" in r for r in body["reasons"]), body
+    assert rejected.correlation_id == "invalid:" + hashlib.sha256(order_id.encode()).hexdigest()
+
+    after = new_id()
+    await publish_raw(channel, _doc(order_body(after, [(sku, 1)])))
+    assert (await outcome_of(listener, after))["status"] == "CONFIRMED"
+    conn = await db(stack.settings, "orchestrator")
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM saga WHERE order_id = $1", order_id) == 0
+        assert await conn.fetchval("SELECT count(*) FROM outbox_parked") == 0, "nothing unpublishable was written"
+    finally:
+        await conn.close()
+
+
+async def _async(value: Any) -> Any:
+    return value

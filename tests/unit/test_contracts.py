@@ -338,3 +338,50 @@ def test_message_id_property_wins_over_the_content_id() -> None:
     back = read(Delivery(body=b"{}", message_id="m-42"), default_type="OrderRequested")
 
     assert back.messageId == "m-42"
+
+
+# -- the orderId must be able to travel as a correlation id (issue 14) ---------------------------------------------
+@pytest.mark.parametrize(
+    "order_id",
+    ["ORDER#123", "a", "x" * 128, "ORDER#20261126010322-1", "!~#$%&'()*+,-./:;<=>?@[\\]^_`{|}"],
+    ids=lambda value: repr(value[:20]),
+)
+def test_an_order_id_of_printable_ascii_up_to_128_characters_is_accepted(order_id: str) -> None:
+    assert OrderRequested.model_validate_json(order(orderId=order_id)).orderId == order_id
+
+
+@pytest.mark.parametrize(
+    ("order_id", "why"),
+    [
+        ("é" * 150, "300 bytes of UTF-8: no AMQP short string holds it"),
+        ("ORDER#é", "non-ASCII"),
+        ("ORDER 123", "a space"),
+        ("ORDER#123\t", "a control character"),
+        ("ORDER#123\n", "a newline (a $ anchor alone would let it through)"),
+        ("\u00a0ORDER#123", "a non-breaking space"),
+        ("x" * 129, "too long: no room left for -payment and -refund suffixes"),
+        ("", "empty"),
+    ],
+    ids=lambda value: repr(value[:20]),
+)
+def test_an_order_id_that_could_not_be_a_correlation_id_is_refused(order_id: str, why: str) -> None:
+    with pytest.raises(ValidationError, match="orderId"):
+        OrderRequested.model_validate_json(order(orderId=order_id))
+
+
+def test_every_valid_order_id_fits_an_amqp_short_string_and_a_stripe_idempotency_key() -> None:
+    longest = "~" * 128
+    OrderRequested.model_validate_json(order(orderId=longest))
+    assert len(f"{longest}-payment".encode()) <= 255 and len(f"{longest}-refund".encode()) <= 255
+    envelope = Envelope(type="OrderRequested", correlationId=longest)
+    assert envelope.to_amqp(b"{}").correlation_id == longest
+
+
+def test_the_order_id_pattern_is_the_one_docs_contracts_md_documents() -> None:
+    from pathlib import Path
+
+    from contracts.base import ORDER_ID_PATTERN
+
+    assert ORDER_ID_PATTERN == r"^[\x21-\x7E]{1,128}$"
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "contracts.md").read_text()
+    assert f"`{ORDER_ID_PATTERN}`" in docs
