@@ -2,16 +2,14 @@
 (a new message id for the same operation) is absorbed by the operation's idempotency key."""
 
 import asyncio
-import json
 import uuid
 from decimal import Decimal
 
-import aio_pika
 import pytest
 from harness import Stack, db, eventually, http_json, metric_value
+from requester import Requester
 
 from devservers.smtp_sink import messages
-from plumbing.envelope import Envelope
 from services.inventory import repository as inventory_repo
 
 pytestmark = pytest.mark.integration
@@ -19,43 +17,6 @@ pytestmark = pytest.mark.integration
 
 def handled(stack: Stack, service: str, message_type: str, outcome: str) -> float:
     return metric_value(stack.port(service), "orderflow_messages_handled_total", type=message_type, outcome=outcome)
-
-
-class Requester:
-    """Sends commands the way the orchestrator does, and collects the replies on its own key."""
-
-    def __init__(self, channel: aio_pika.abc.AbstractChannel) -> None:
-        self.channel = channel
-        self.key = f"test-{uuid.uuid4().hex[:8]}"
-        self.replies: list[aio_pika.abc.AbstractIncomingMessage] = []
-
-    async def start(self) -> None:
-        queue = await self.channel.declare_queue("", exclusive=True)
-        await queue.bind("orderflow.replies", self.key)
-
-        async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            self.replies.append(message)
-
-        await queue.consume(collect, no_ack=True)
-
-    async def send(self, resource: str, payload: dict, *, message_id: str, order_id: str) -> None:
-        exchange = await self.channel.get_exchange("orderflow.commands")
-        envelope = Envelope(messageId=message_id, type=resource.split(".")[1], correlationId=order_id, replyTo=self.key)
-        await exchange.publish(envelope.to_amqp(json.dumps(payload).encode()), resource)
-
-    def replies_to(self, message_id: str) -> list[dict]:
-        return [
-            {"type": m.type, **json.loads(m.body)}
-            for m in self.replies
-            if (m.headers or {}).get("x-causation-id") == message_id
-        ]
-
-    async def reply(self, message_id: str) -> dict:
-        async def arrived():
-            found = self.replies_to(message_id)
-            return found[0] if found else None
-
-        return await eventually(arrived, timeout=30, what=f"reply to {message_id}")
 
 
 @pytest.fixture
@@ -241,6 +202,6 @@ async def test_a_payment_after_its_compensation_does_not_charge(stack: Stack, re
     }
     await requester.send("payment.ProcessPayment", late, message_id="v2-" + order_id, order_id=order_id)
     reply = await requester.reply("v2-" + order_id)
-    assert reply["type"] == "CommandFailed" and reply["Error"] == "PaymentFailed"
+    assert reply["type"] == "CommandFailed" and reply["Error"] == "Command.Compensated"
     _, state = http_json(f"{stack.stripe_url}/_test/state")
     assert not [p for p in state["payment_intents"] if p.get("metadata", {}).get("orderId") == order_id]
