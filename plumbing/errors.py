@@ -30,6 +30,13 @@ class TransientError(NamedError):
     """A passing fault (a service unavailable, a throttle): the definition's Retry handles it."""
 
 
+class Compensated(BusinessError):
+    """A forward command that arrives after its order was compensated (a tombstone says so): it has no effect.
+    Such a command is late by definition (its step timed out, or it was replayed), so its reply is ignored."""
+
+    error_name = "Command.Compensated"
+
+
 class PoisonMessage(Exception):
     """A message that can never be handled: dead-lettered at once with this reason."""
 
