@@ -19,7 +19,15 @@ from typing import Any, get_args
 
 from contracts.orders import OrderStatus
 from contracts.registry import MESSAGES, MessageSpec
-from plumbing.envelope import HEADER_ATTEMPT, HEADER_CAUSATION, HEADER_OCCURRED, HEADER_SCHEMA, SCHEMA_VERSION, Envelope
+from plumbing.envelope import (
+    HEADER_ATTEMPT,
+    HEADER_CAUSATION,
+    HEADER_DEADLINE,
+    HEADER_OCCURRED,
+    HEADER_SCHEMA,
+    SCHEMA_VERSION,
+    Envelope,
+)
 from plumbing.topology import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
@@ -50,6 +58,7 @@ envelope travels in AMQP properties and headers:
 | occurredAt | `timestamp` property and the `x-occurred-at` header |
 | replyTo | `reply_to` property: routing key of the reply to a command |
 | causationId, attempt, schemaVersion | `x-causation-id`, `x-attempt`, `x-schema-version` headers |
+| deadline | `x-deadline` header, on commands only: handled after it, a command is refused with `Command.Expired` |
 
 Clients publish OrderRequested to the `orders` exchange with routing key `order.requested` and hear the outcome \
 on `order.<status>`."""
@@ -242,10 +251,12 @@ def _schemas() -> dict[str, Any]:
 def _headers_schema() -> dict[str, Any]:
     fields = Envelope.model_fields
     return {
-        "description": "The AMQP headers of the envelope; Orderflow always sets all but x-causation-id.",
+        "description": "The AMQP headers of the envelope; Orderflow always sets all but x-causation-id, and "
+        "x-deadline on commands only.",
         "properties": {
             HEADER_ATTEMPT: {"description": fields["attempt"].description, "minimum": 1, "type": "integer"},
             HEADER_CAUSATION: {"description": fields["causationId"].description, "type": "string"},
+            HEADER_DEADLINE: {"description": fields["deadline"].description, "format": "date-time", "type": "string"},
             HEADER_OCCURRED: {"description": "When the message was created.", "format": "date-time", "type": "string"},
             HEADER_SCHEMA: {"description": fields["schemaVersion"].description, "minimum": 1, "type": "integer"},
         },

@@ -49,13 +49,23 @@ async def saga_view(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] |
     }
 
 
+_ENDS = {
+    "TaskSucceeded": "succeeded",
+    "TaskFailed": "failed",
+    "TaskTimedOut": "timed_out",
+    "ReconcileFailed": "failed",
+    "ReconcileTimedOut": "timed_out",
+}
+
+
 def _steps(history: list[asyncpg.Record]) -> list[dict[str, Any]]:
-    """One entry per task attempt: when it was sent, how it ended, and its error."""
+    """One entry per task attempt, and per reconcile (``"reconcile": true``): when it was sent, how it ended,
+    and its error. A command sent afresh after Command.Expired (CommandReissued) continues its attempt's entry."""
     attempts: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     for h in history:
-        command_id = h["command_id"]
-        if h["event"] == "TaskScheduled" and command_id:
+        command_id, event = h["command_id"], h["event"]
+        if event in ("TaskScheduled", "ReconcileScheduled") and command_id:
             attempts[command_id] = {
                 "step": h["state"],
                 "lane": h["lane"],
@@ -66,10 +76,14 @@ def _steps(history: list[asyncpg.Record]) -> list[dict[str, Any]]:
                 "error": None,
                 "cause": None,
             }
+            if event == "ReconcileScheduled":
+                attempts[command_id]["reconcile"] = True
             order.append(command_id)
-        elif command_id in attempts and h["event"] in ("TaskSucceeded", "TaskFailed", "TaskTimedOut"):
+        elif event == "CommandReissued" and command_id and (h["detail"] or {}).get("expired") in attempts:
+            attempts[command_id] = attempts[h["detail"]["expired"]]
+        elif command_id in attempts and event in _ENDS:
             entry = attempts[command_id]
             entry["endedAt"] = h["at"].isoformat()
-            entry["outcome"] = {"TaskSucceeded": "succeeded", "TaskFailed": "failed"}.get(h["event"], "timed_out")
+            entry["outcome"] = _ENDS[event]
             entry["error"], entry["cause"] = h["error"], h["cause"]
     return [attempts[c] for c in order]

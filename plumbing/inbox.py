@@ -1,4 +1,7 @@
-"""Inbox: remember each handled message id so a redelivery has no second effect."""
+"""Inbox: remember each handled message id so a redelivery has no second effect.
+
+Rows are forgotten after INBOX_RETENTION_HOURS by every process's retention loop (plumbing/retention.py).
+"""
 
 import asyncpg
 
@@ -17,11 +20,3 @@ async def claim(conn: asyncpg.Connection, consumer: str, message_id: str) -> boo
         consumer,
         message_id,
     )
-
-
-async def purge(conn: asyncpg.Connection, *, older_than_days: int) -> int:
-    """Forget message ids older than the longest redelivery window we keep."""
-    result = await conn.execute(
-        "DELETE FROM inbox WHERE processed_at < now() - make_interval(days => $1)", older_than_days
-    )
-    return int(result.split()[-1])

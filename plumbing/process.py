@@ -12,7 +12,7 @@ import asyncpg
 import uvloop
 from aiohttp import web
 
-from plumbing import metrics
+from plumbing import metrics, retention
 from plumbing.broker import Broker
 from plumbing.consumer import Consumer, RejectHook, Route
 from plumbing.db import create_pool
@@ -48,6 +48,8 @@ class Process:
     queues: list[QueueSpec] = field(default_factory=list)
     routes: Callable[[web.Application], None] | None = None
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: Tables the service adds to bounded retention; the inbox is always purged (plumbing/retention.py).
+    retention_rules: list[retention.Rule] = field(default_factory=list)
     on_start: Callable[["Process"], Awaitable[None]] | None = None
     pool: asyncpg.Pool | None = None
     broker: Broker | None = None
@@ -134,6 +136,7 @@ class Process:
         await self.start()
         assert self.relay is not None
         tasks = [asyncio.create_task(self.relay.run(), name="outbox-relay")]
+        tasks.append(asyncio.create_task(self._retain(), name="retention"))
         tasks += [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in self.background]
         log.info("started", extra={"fields": {"http_port": self.settings.http_port}})
         await stop.wait()
@@ -142,6 +145,12 @@ class Process:
         await runner.cleanup()
         shutdown_tracing()
         log.info("stopped")
+
+    async def _retain(self) -> None:
+        assert self.pool is not None
+        pool = self.pool
+        rules = [retention.inbox_rule(self.settings.inbox_retention_hours), *self.retention_rules]
+        await retention.run(lambda: pool, rules, service=self.name)
 
     async def shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         self.draining = True

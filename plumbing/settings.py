@@ -6,9 +6,10 @@ against the local RabbitMQ and PostgreSQL of a development machine.
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from plumbing import retention
 from plumbing.faults import FaultRule
 
 
@@ -59,3 +60,13 @@ class ProcessSettings(BaseSettings):
     faults: list[FaultRule] = Field(
         default_factory=list, description="Fault injection rules (JSON); empty in production."
     )
+    inbox_retention_hours: float = Field(
+        168,
+        description="Hours an inbox row (a handled message id) is kept: a week, far above the longest redelivery "
+        "window; below retention.RETENTION_FLOOR_HOURS (24) the process refuses to start.",
+    )
+
+    @field_validator("inbox_retention_hours")
+    @classmethod
+    def _inbox_retention_covers_redelivery(cls, hours: float) -> float:
+        return retention.check("INBOX_RETENTION_HOURS", hours)

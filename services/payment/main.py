@@ -4,9 +4,10 @@ from pathlib import Path
 
 import asyncpg
 from aiohttp import web
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from contracts.payment import ProcessPayment, RefundPayment
+from plumbing import retention
 from plumbing.commands import command_route
 from plumbing.process import Process, command_process, run_process, service_migrations
 from plumbing.settings import ProcessSettings
@@ -15,6 +16,8 @@ from services.payment.stripe_gateway import StripeGateway
 from services.payment.webhooks import webhook_route
 
 SERVICE = "payment"
+#: Stripe retries an undelivered webhook for up to three days: an event id forgotten sooner could apply twice.
+STRIPE_WEBHOOK_RETRY_HOURS = 72.0
 MIGRATIONS = service_migrations(SERVICE, Path(__file__).parent / "migrations")
 
 
@@ -30,6 +33,21 @@ class PaymentSettings(ProcessSettings):
     stripe_webhook_secret: SecretStr = Field(
         SecretStr("whsec_orderflow_local"), description="Signing secret of the webhook endpoint; a Secret."
     )
+    webhook_event_retention_hours: float = Field(
+        720,
+        description="Hours an applied webhook event id is kept: 30 days, far above Stripe's 3 days of retries; "
+        "below those 72 h the process refuses to start.",
+    )
+
+    @field_validator("webhook_event_retention_hours")
+    @classmethod
+    def _covers_stripe_retries(cls, hours: float) -> float:
+        return retention.check(
+            "WEBHOOK_EVENT_RETENTION_HOURS",
+            hours,
+            floor_hours=STRIPE_WEBHOOK_RETRY_HOURS,
+            why="Stripe's webhook retries (up to 3 days)",
+        )
 
 
 def build(settings: PaymentSettings) -> Process:
@@ -58,6 +76,9 @@ def build(settings: PaymentSettings) -> Process:
         webhook_route(app, pool=pool, secret=settings.stripe_webhook_secret.get_secret_value(), on_committed=nudge)
 
     process.routes = routes
+    process.retention_rules.append(
+        retention.Rule(table="webhook_event", column="received_at", hours=settings.webhook_event_retention_hours)
+    )
     return process
 
 

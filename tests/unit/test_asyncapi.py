@@ -340,6 +340,7 @@ def test_messages_carry_envelope_headers_and_correlation_id() -> None:
         envelope.HEADER_ATTEMPT,
         envelope.HEADER_SCHEMA,
         envelope.HEADER_OCCURRED,
+        envelope.HEADER_DEADLINE,
     }
     assert correlation["location"] == "$message.header#/correlation_id"
     for name in NAMES:
@@ -354,6 +355,8 @@ def test_headers_schema_accepts_what_the_envelope_writes() -> None:
 
     assert conforms(DOC["components"]["schemas"]["EnvelopeHeaders"], written)
     assert not conforms(DOC["components"]["schemas"]["EnvelopeHeaders"], written | {envelope.HEADER_ATTEMPT: 0})
+    command = envelope.Envelope(type="CheckInventory", correlationId="ORDER#123", deadline="2024-05-01T12:00:30Z")
+    assert conforms(DOC["components"]["schemas"]["EnvelopeHeaders"], command.headers())
 
 
 def test_there_is_a_sample_for_every_registry_message() -> None:
