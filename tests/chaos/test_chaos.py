@@ -1,6 +1,10 @@
-"""The chaos suite: hundreds of orders over every path of the guide while processes are SIGKILLed, broker
+"""The chaos suite: a thousand orders over every path of the guide while processes are SIGKILLed, broker
 connections are closed from the server side, database connections are terminated and every message is
-delivered twice; then, at quiescence, the invariant checker must find nothing wrong.
+delivered twice, and, mixed in (tests/chaos_families.py), the money path's fault families: answers from Stripe,
+SMTP and SMS lost after the effect, delayed past the timeout or reset before the request; services paused past
+their steps' timeouts; commands replayed after their deadline; unpublishable outbox rows and requests; windows
+in which order.confirmed reaches nobody. At quiescence the invariant checker, reading every database and the
+payment provider's own records through the Stripe SDK, must find nothing wrong.
 
 Run alone: ``scripts/test -m chaos -s`` (it prints its figures). CHAOS_ORDERS sets the number of orders.
 """
@@ -19,30 +23,29 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 import pytest
+from chaos_families import Families, untravellable_request
 from harness import (
     ADMIN_DSN,
     STACK_FAULTS,
     Stack,
-    create_databases,
-    drop_databases,
     eventually,
-    fresh_vhost,
     order_body,
     seed,
-    settings_for,
     short_timeout_workflow,
-    stack_children,
-    wait_ready,
 )
+from proxies import proxied_stack
 
 from orderctl.config import SERVICES
-from orderctl.supervisor import Supervisor
 from plumbing.db import database_name
 
 pytestmark = pytest.mark.chaos
 
-ORDERS = int(os.environ.get("CHAOS_ORDERS", "500"))
+ORDERS = int(os.environ.get("CHAOS_ORDERS", "1000"))
 CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "90"))
+#: CreateOrderRecord's window in the chaos definition: shorter than the longest pause.
+RECORD_TIMEOUT_SECONDS = 10
+#: One request in this many has an orderId that cannot travel (answered order.rejected, never a saga).
+UNTRAVELLABLE_EVERY = 50
 SEED = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
 
 
@@ -133,25 +136,27 @@ class Chaos:
         self.figures["database terminations"] += 1
 
 
+def chaos_workflow(tmp: Path) -> Path:
+    """The session's short-timeout definition with CreateOrderRecord's window and every reconcile shortened, so
+    the pauses outlast them and their compensations race the late commands."""
+    path = short_timeout_workflow(tmp)
+    document = json.loads(path.read_text())
+    document["States"]["CreateOrderRecord"]["TimeoutSeconds"] = RECORD_TIMEOUT_SECONDS
+    for state in document["States"].values():
+        if "Reconcile" in state:
+            state["Reconcile"]["TimeoutSeconds"] = 4
+    path.write_text(json.dumps(document))
+    return path
+
+
 @pytest.fixture(scope="module")
-async def chaos_stack(servers: None, tmp_path_factory: pytest.TempPathFactory):
+async def chaos_stack(servers: None, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     tmp = tmp_path_factory.mktemp("chaos")
-    with fresh_vhost() as amqp_url:
-        settings = settings_for(amqp_url, tmp=tmp)
-        await create_databases(settings)
-        extra = {service: {"FAULTS": json.dumps(rules)} for service, rules in STACK_FAULTS.items()}
-        extra["orchestrator"] = {"WORKFLOW_FILE": str(short_timeout_workflow(tmp))}
-        for spec in SERVICES:  # every message published twice: the inbox must absorb each copy
-            extra.setdefault(spec.name, {}).update({"DUPLICATE_PUBLISH": "true", "DELIVERY_LIMIT": "10"})
-        supervisor = Supervisor(stack_children(settings, extra), log_dir=str(tmp / "log"))
-        await supervisor.start()
-        stack = Stack(settings=settings, supervisor=supervisor, log_dir=tmp / "log")
-        try:
-            await wait_ready(stack)
-            yield stack, amqp_url.rsplit("/", 1)[1]
-        finally:
-            await supervisor.stop()
-            await drop_databases(settings)
+    extra = {service: {"FAULTS": json.dumps(rules)} for service, rules in STACK_FAULTS.items()}
+    for spec in SERVICES:  # every message published twice: the inbox must absorb each copy
+        extra.setdefault(spec.name, {}).update({"DUPLICATE_PUBLISH": "true", "DELIVERY_LIMIT": "10"})
+    async with proxied_stack(tmp, extra_env=extra, workflow_file=str(chaos_workflow(tmp)), request=request) as proxied:
+        yield proxied, proxied.stack.settings.amqp_url.rsplit("/", 1)[1]
 
 
 async def publish_with_retry(amqp_url: str, bodies: list[bytes]) -> int:
@@ -228,22 +233,28 @@ def save_figures(figures: dict) -> None:
 async def test_no_order_lost_or_doubled_under_chaos(chaos_stack) -> None:
     from orderctl.checker import check
 
-    stack, vhost = chaos_stack
+    proxied, vhost = chaos_stack
+    stack = proxied.stack
     rng = random.Random(SEED)
     # sku-plenty outlasts every order but the 9999-unit ones; sku-scarce runs out part way.
     await seed(stack, {"sku-plenty": (5_000, "3.00"), "sku-scarce": (25, "7.00")})
     orders = plan(ORDERS, rng)
     bodies = [json.dumps(body).encode() for _, body in orders]
     order_ids = [body["orderId"] for _, body in orders]
+    untravellable = [untravellable_request(i) for i in range(ORDERS // UNTRAVELLABLE_EVERY)]
+    rejections = await RejectionCounter.listening(stack.settings.amqp_url)
 
     chaos = Chaos(stack, vhost, rng)
+    families = Families(proxied, rng)
     chaos.start()
+    await families.start()
     started = time.monotonic()
     try:
-        # Orders arrive over time, each published twice by the client too.
+        # Orders arrive over time, each published twice by the client too; now and then one that cannot travel.
         for i in range(0, len(bodies), 25):
             batch = bodies[i : i + 25]
-            await publish_with_retry(stack.settings.amqp_url, batch + batch)
+            odd = untravellable[i // 25 : i // 25 + 1]
+            await publish_with_retry(stack.settings.amqp_url, batch + odd + batch)
             await asyncio.sleep(1.0)
         # The faults go on while the sagas run: until they are all done, or CHAOS_SECONDS have passed.
         with contextlib.suppress(AssertionError):
@@ -255,10 +266,11 @@ async def test_no_order_lost_or_doubled_under_chaos(chaos_stack) -> None:
             )
     finally:
         await chaos.stop()
+        await families.stop()
     statuses = await eventually(lambda: quiescent(stack, order_ids), timeout=600, interval=1.0, what="quiescence")
     elapsed = time.monotonic() - started
 
-    # Quiescent sagas; the reservation commit that follows order.confirmed may still be in flight.
+    # Quiescent sagas; what follows an outcome (inventory recording it) may still be in flight.
     async def clean_report():
         report = await check(stack.settings, allow_running=False, stripe_url=stack.stripe_url)
         return report if not report.violations else None
@@ -266,6 +278,15 @@ async def test_no_order_lost_or_doubled_under_chaos(chaos_stack) -> None:
     with contextlib.suppress(AssertionError):
         await eventually(clean_report, timeout=60, interval=2.0, what="a clean check")
     report = await check(stack.settings, allow_running=False, stripe_url=stack.stripe_url)
+    written = families.figures["unpublishable rows written"]
+    assert written > 0, families.figures
+    parked = await eventually(
+        lambda: _at_least(families.parked(), written), timeout=60, what="every unpublishable row parked"
+    )
+    rejected = await eventually(
+        lambda: _at_least(rejections.count(), len(untravellable)), timeout=60, what="order.rejected for each"
+    )
+    await rejections.close()
     figures = {
         "orders": len(orders),
         **{f"orders {k}": v for k, v in sorted(Counter(kind for kind, _ in orders).items())},
@@ -276,12 +297,53 @@ async def test_no_order_lost_or_doubled_under_chaos(chaos_stack) -> None:
         "database terminations": chaos.figures["database terminations"],
         "database connections terminated": chaos.figures["database connections terminated"],
         "duplicate deliveries absorbed": await duplicates_absorbed(stack),
+        **{k: v for k, v in sorted(families.figures.items())},
+        **families.wire_figures(),
+        "untravellable requests": len(untravellable),
+        "order.rejected received": rejected,
+        "outbox rows parked": parked,
         "violations": len(report.violations),
+        **{f"checker {k}": v for k, v in sorted(report.figures.items()) if k.startswith("provider")},
         "seconds": round(elapsed),
         "seed": SEED,
     }
     print("\nchaos figures:\n" + "\n".join(f"  {k}: {v}" for k, v in figures.items()))
     await asyncio.to_thread(save_figures, figures)
     assert report.violations == [], "\n".join(str(v) for v in report.violations[:50])
+    assert report.figures.get("provider_orders_read") == len(order_ids), report.notes  # the provider was read
     assert figures["kills"] > 0 and figures["broker connection drops"] > 0 and figures["database terminations"] > 0
     assert figures["duplicate deliveries absorbed"] > 0
+    assert families.figures["pauses"] > 0 and families.figures["late commands replayed"] > 0
+    assert sum(families.wire_figures().values()) > 0 and written > 0
+    assert families.figures["order.confirmed unbound windows"] > 0
+
+
+async def _at_least(count, minimum: int) -> int | None:  # noqa: ANN001 - an awaitable of an int
+    found = await count
+    return found if found >= minimum else None  # eventually() waits on a falsy value: callers ask for at least 1
+
+
+class RejectionCounter:
+    """Counts order.rejected on a queue of its own (bound before the first request is published)."""
+
+    def __init__(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
+        self.connection = connection
+        self.seen = 0
+
+    @classmethod
+    async def listening(cls, amqp_url: str) -> "RejectionCounter":
+        counter = cls(await aio_pika.connect_robust(amqp_url))
+        channel = await counter.connection.channel()
+        queue = await channel.declare_queue(f"chaos-rejected-{os.getpid()}", durable=True)
+        await queue.bind("orders", "order.rejected")
+        await queue.consume(counter._seen, no_ack=True)
+        return counter
+
+    async def _seen(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.seen += 1
+
+    async def count(self) -> int:
+        return self.seen
+
+    async def close(self) -> None:
+        await self.connection.close()

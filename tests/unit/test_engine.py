@@ -20,6 +20,7 @@ ORDER: dict[str, Any] = {
 PRICED = {"amount": 129.57, "currency": "usd", "lines": [{"productId": "456", "quantity": 2, "unitPrice": 64.785}]}
 RESERVED = {"reservationId": "res-1", "status": "reserved"}
 PAID = {"paymentIntentId": "pi_1", "status": "succeeded"}
+COMMITTED = {"committed": 1}
 RECORDED = {"orderId": "ORDER#1", "status": "CONFIRMED"}
 NOTIFIED = {"channel": "email"}
 
@@ -397,6 +398,8 @@ def test_happy_path(saga: SagaDsl) -> None:
     assert record.payload["lines"] == PRICED["lines"]
     saga.expect_timeout_in(30)
     saga.reply_ok(RECORDED)
+    saga.expect_command("inventory.CommitReservation")
+    saga.reply_ok(COMMITTED)
 
     notify = saga.expect_command("notify.NotifyCustomer")
     assert notify.payload["customer"] == ORDER["customer"]
@@ -409,6 +412,7 @@ def test_happy_path(saga: SagaDsl) -> None:
         "inventory.ReserveInventory",
         "payment.ProcessPayment",
         "orders.CreateOrderRecord",
+        "inventory.CommitReservation",
         "notify.NotifyCustomer",
     ]
     assert saga.saga.error is None
@@ -523,10 +527,17 @@ def test_order_record_error_compensates_in_parallel(saga: SagaDsl) -> None:
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_error("OrderRecordError", "constraint violated")
 
-    # Both compensations in the same decision, each with its own timeout, plus the 120 s window.
-    assert sorted(c.resource for c in saga.last.commands) == ["inventory.ReleaseInventory", "payment.RefundPayment"]
+    # The compensations in the same decision, each with its own timeout, plus the 120 s window.
+    assert sorted(c.resource for c in saga.last.commands) == [
+        "inventory.ReleaseInventory",
+        "orders.VoidOrderRecord",
+        "payment.RefundPayment",
+    ]
     refund = saga.expect_command("payment.RefundPayment")
     release = saga.expect_command("inventory.ReleaseInventory")
+    void = saga.expect_command("orders.VoidOrderRecord")
+    assert void.payload == {"orderId": "ORDER#1", "reason": "Order processing failed"}
+    saga.reply_ok({"voided": False}, to=void)
     assert refund.payload == {
         "orderId": "ORDER#1",
         "paymentIntentId": "pi_1",
@@ -557,9 +568,11 @@ def test_order_record_error_compensates_in_parallel(saga: SagaDsl) -> None:
 
     saga.expect_status("FAILED_COMPENSATED").expect_no_command()
     assert saga.saga.error is not None and saga.saga.error.Error == "OrderRecordError"
-    assert [branch.get("refund", branch.get("release")) for branch in saga.data["compensation"]] == [
+    compensation = saga.data["compensation"]
+    assert [branch.get("refund", branch.get("release", branch.get("void"))) for branch in compensation] == [
         {"refundId": "re_1"},
         {"released": True},
+        {"voided": False},
     ]
     assert saga.timers == {}
 
@@ -569,6 +582,7 @@ def test_a_compensation_branch_failing_does_not_stop_the_other(saga: SagaDsl) ->
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_error("OrderRecordError")
     release = saga.expect_command("inventory.ReleaseInventory")
+    saga.reply_ok({"voided": False}, to=saga.expect_command("orders.VoidOrderRecord"))
 
     assert fail_n_times(saga, "payment.RefundPayment", "RefundFailed", 4, lane="branch:0") == [2, 4, 8]
     # The refund branch has failed; the release is still awaited, not cancelled.
@@ -591,6 +605,7 @@ def test_compensation_past_120_seconds_is_critical(saga: SagaDsl) -> None:
     release = saga.expect_command("inventory.ReleaseInventory")
     refund = saga.expect_command("payment.RefundPayment")
     saga.reply_ok({"released": True}, to=release)
+    saga.reply_ok({"voided": False}, to=saga.expect_command("orders.VoidOrderRecord"))
     saga.fire_timeout("branch:0").fire_retry("branch:0")  # 60 s, then 2 s
     saga.expect_command("payment.RefundPayment")
     saga.fire_parallel_timeout().expect_status("FAILED_CRITICAL")
@@ -605,6 +620,8 @@ def test_notification_failure_still_confirms(saga: SagaDsl) -> None:
     through_payment(saga)
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_ok(RECORDED)
+    saga.expect_command("inventory.CommitReservation")
+    saga.reply_ok(COMMITTED)
     assert fail_n_times(saga, "notify.NotifyCustomer", "Service.Unavailable", 4) == [2, 4, 8]
     saga.expect_status("CONFIRMED").expect_no_command()
     assert saga.data["notificationError"] == {"Error": "Service.Unavailable", "Cause": "run 4"}
@@ -615,6 +632,8 @@ def test_notification_throttling_waits_5_10_20_40(saga: SagaDsl) -> None:
     through_payment(saga)
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_ok(RECORDED)
+    saga.expect_command("inventory.CommitReservation")
+    saga.reply_ok(COMMITTED)
     assert fail_n_times(saga, "notify.NotifyCustomer", "Service.Throttled", 5) == [5, 10, 20, 40]
     saga.expect_status("CONFIRMED")
     assert saga.data["notificationError"]["Error"] == "Service.Throttled"
@@ -628,6 +647,8 @@ def test_create_order_record_throttling_waits_1_2_4_8_16(saga: SagaDsl) -> None:
     saga.fire_retry()
     saga.expect_command("orders.CreateOrderRecord")
     saga.reply_ok(RECORDED)
+    saga.expect_command("inventory.CommitReservation")
+    saga.reply_ok(COMMITTED)
     saga.expect_command("notify.NotifyCustomer")
 
 
@@ -845,6 +866,8 @@ def test_create_order_record_timeout_reconciles_before_refunding(saga: SagaDsl) 
     assert ask.payload == record.payload
     saga.expect_timeout_in(10).expect_no_command()
     saga.reply_ok(RECORDED)
+    saga.expect_command("inventory.CommitReservation")
+    saga.reply_ok(COMMITTED)
     assert "payment.RefundPayment" not in saga.resources()
     assert saga.saga.status == "RUNNING" and saga.pending, "the saga goes on past the order record"
 
