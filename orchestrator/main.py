@@ -117,8 +117,9 @@ def build(settings: OrchestratorSettings) -> Process:
     async def timer_loop() -> None:
         assert process.pool is not None and process.relay is not None
         broker = process.broker
+        # A blocked broker (memory or disk alarm) counts as away: no command could leave, so no timer fires.
         loop = TimerLoop(
-            process.pool, runner, on_fired=process.relay.nudge, broker_up=lambda: bool(broker and broker.connected)
+            process.pool, runner, on_fired=process.relay.nudge, broker_up=lambda: bool(broker and broker.available)
         )
         await loop.run()
 

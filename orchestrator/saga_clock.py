@@ -3,10 +3,12 @@
 A step's TimeoutSeconds bounds how long a *service* may take. When RabbitMQ or PostgreSQL is away, no
 service can take a step and no reply can arrive, so letting a 30 s timeout run through a one-minute
 broker outage would fail (and compensate) orders that are perfectly healthy and complete the moment the
-broker returns. The same holds while every orchestrator replica is down: replies wait in their queue,
+broker returns. A broker that is connected but *blocked* (connection.blocked: a memory or disk alarm, so
+no command can be published) is away in the same sense, and counts as such (plumbing.broker.Broker.available).
+The same holds while every orchestrator replica is down: replies wait in their queue,
 and a timer firing at start-up before they are read would be wrong.
 
-So while a replica can reach both the broker and the database it stamps ``saga_clock.heartbeat_at``
+So while a replica can use both the broker and the database it stamps ``saga_clock.heartbeat_at``
 every HEARTBEAT_SECONDS. The first replica to tick after a gap longer than PAUSE_AFTER_SECONDS pushes
 every timer still pending at the gap's start back by the part of the gap it lived through, in the same
 transaction that stamps the heartbeat (the row lock makes one replica do it once). A

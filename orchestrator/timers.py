@@ -2,7 +2,8 @@
 
 The loop sleeps until the earliest due time or until a transition announces a
 new timer with NOTIFY, and at most HEARTBEAT_SECONDS, because each wake-up also
-ticks the saga clock (orchestrator/saga_clock.py): while the broker is away the
+ticks the saga clock (orchestrator/saga_clock.py): while the broker is away (its
+connection closed, or blocked by a memory or disk alarm: ``broker_up`` says which) the
 loop fires nothing, and after an outage the clock pushes pending timers back
 before any of them can fire. A timer is re-read under its saga's lock before it
 fires, so with several replicas each timer fires once.
@@ -35,7 +36,8 @@ class TimerLoop:
         self.pool = pool
         self.runner = runner
         self.on_fired = on_fired
-        #: Whether this replica reaches the broker now; the database it reaches if its queries succeed.
+        #: Whether this replica can use the broker now (connected and not blocked: Broker.available); the
+        #: database it reaches if its queries succeed.
         self.broker_up = broker_up
         self._wake = asyncio.Event()
 

@@ -49,9 +49,18 @@ COMMAND_QUEUE_WAIT = Histogram(
     ["queue"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
 )
-READY = Gauge("orderflow_ready", "1 when broker and database are connected and not draining.", ["service"])
+READY = Gauge(
+    "orderflow_ready",
+    "1 when broker and database are connected, the broker not blocked, and not draining.",
+    ["service"],
+)
 RETENTION_PURGED = Counter(
     "orderflow_retention_purged_total",
     "Rows deleted by bounded retention (plumbing/retention.py), by table: inbox, webhook_event, ...",
     ["service", "table"],
+)
+BROKER_BLOCKED = Gauge(
+    "orderflow_broker_blocked",
+    "1 while RabbitMQ has blocked this process's connection (connection.blocked: a memory or disk alarm).",
+    ["service"],
 )

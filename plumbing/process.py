@@ -68,10 +68,18 @@ class Process:
         checks = {
             "consuming": self.started,
             "broker": bool(self.broker and self.broker.connected),
+            # A memory or disk alarm: connected, but RabbitMQ reads nothing this process publishes.
+            "broker_blocked": bool(self.broker and self.broker.blocked),
             "database": bool(database),
             "draining": self.draining,
         }
-        ok = self.started and checks["broker"] and checks["database"] and not self.draining
+        ok = (
+            self.started
+            and checks["broker"]
+            and not checks["broker_blocked"]
+            and checks["database"]
+            and not self.draining
+        )
         metrics.READY.labels(self.name).set(1 if ok else 0)
         return ok, checks
 
