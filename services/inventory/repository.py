@@ -175,10 +175,3 @@ async def record_outcome(conn: asyncpg.Connection, order_id: str, status: str) -
         order_id,
         status,
     )
-
-
-async def purge_idempotency_records(conn: asyncpg.Connection, older_than_days: int) -> int:
-    result = await conn.execute(
-        "DELETE FROM idempotency_record WHERE created_at < now() - make_interval(days => $1)", older_than_days
-    )
-    return int(result.split()[-1])

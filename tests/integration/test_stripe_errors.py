@@ -24,16 +24,19 @@ async def gateway():
         await client.close()
 
 
+async def charge(gateway: StripeGateway, *, order_id: str, amount: Decimal, payment_method: str, key: str):
+    """What ProcessPayment does: create the intent unconfirmed under the step's key, then confirm it."""
+    intent = await gateway.create_intent(
+        order_id=order_id, amount=amount, currency="usd", payment_method=payment_method, idempotency_key=key
+    )
+    return await gateway.confirm(intent["id"], idempotency_key=f"{key}-confirm")
+
+
 async def charge_error(gateway: StripeGateway, payment_method: str) -> Exception:
     order_id = f"ORDER#{uuid.uuid4().hex[:8]}"
     try:
-        await gateway.charge(
-            order_id=order_id,
-            amount=Decimal("10.00"),
-            currency="usd",
-            payment_method=payment_method,
-            idempotency_key=f"{order_id}-payment",
-        )
+        key = f"{order_id}-payment"
+        await charge(gateway, order_id=order_id, amount=Decimal("10.00"), payment_method=payment_method, key=key)
     except Exception as exc:  # the SDK's exception, as the handler sees it
         return errors.from_stripe(exc)
     raise AssertionError(f"{payment_method} was charged")
@@ -80,19 +83,11 @@ async def test_connection_errors_are_transient() -> None:
 
 async def test_the_same_idempotency_key_charges_once(gateway) -> None:
     client, url = gateway
-    first = await client.charge(
-        order_id="ORDER#idem",
-        amount=Decimal("3.00"),
-        currency="usd",
-        payment_method="pm_card_visa",
-        idempotency_key="ORDER#idem-payment",
+    first = await charge(
+        client, order_id="ORDER#idem", amount=Decimal("3.00"), payment_method="pm_card_visa", key="ORDER#idem-payment"
     )
-    again = await client.charge(
-        order_id="ORDER#idem",
-        amount=Decimal("3.00"),
-        currency="usd",
-        payment_method="pm_card_visa",
-        idempotency_key="ORDER#idem-payment",
+    again = await charge(
+        client, order_id="ORDER#idem", amount=Decimal("3.00"), payment_method="pm_card_visa", key="ORDER#idem-payment"
     )
     assert first["id"] == again["id"] and first["status"] == "succeeded"
     _, state = await asyncio.to_thread(http_json, f"{url}/_test/state")
