@@ -80,13 +80,7 @@ class Families:
             await self._connection.close()
 
     async def _every(self, low: float, high: float, action) -> None:  # noqa: ANN001
-        while True:
-            await asyncio.sleep(self.rng.uniform(low, high))
-            try:
-                await action()
-            except Exception as exc:  # a fault that could not be injected this time is reported, not fatal
-                print(f"chaos: {action.__name__} failed: {exc!r}")
-                self.figures[f"errors:{action.__name__}"] += 1
+        await every(self.rng, self.figures, low, high, action)
 
     # -- wire ----------------------------------------------------------------------------------------------
     async def wire_fault(self) -> None:
@@ -210,6 +204,17 @@ class Families:
                 self.figures["order.confirmed unbound seconds"] += round(time.monotonic() - started)
         finally:
             await channel.close()
+
+
+async def every(rng: random.Random, figures: Counter[str], low: float, high: float, action) -> None:  # noqa: ANN001
+    """Run ``action`` again and again, a random ``low`` to ``high`` seconds apart, until cancelled."""
+    while True:
+        await asyncio.sleep(rng.uniform(low, high))
+        try:
+            await action()
+        except Exception as exc:  # a fault that could not be injected this time is reported, not fatal
+            print(f"chaos: {action.__name__} failed: {exc!r}")
+            figures[f"errors:{action.__name__}"] += 1
 
 
 def _deadline(message: aio_pika.abc.AbstractIncomingMessage) -> datetime | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 import pytest
-from chaos_families import Families, untravellable_request
+from chaos_families import Families, every, untravellable_request
 from harness import (
     ADMIN_DSN,
     STACK_FAULTS,
@@ -92,13 +92,7 @@ class Chaos:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _every(self, low: float, high: float, action) -> None:  # noqa: ANN001
-        while True:
-            await asyncio.sleep(self.rng.uniform(low, high))
-            try:
-                await action()
-            except Exception as exc:  # a fault that could not be injected this time is reported, not fatal
-                print(f"chaos: {action.__name__} failed: {exc!r}")
-                self.figures[f"errors:{action.__name__}"] += 1
+        await every(self.rng, self.figures, low, high, action)
 
     async def kill(self) -> None:
         child = self.stack.supervisor.by_name(self.rng.choice([s.name for s in SERVICES]))

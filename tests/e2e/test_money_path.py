@@ -309,14 +309,7 @@ async def test_an_order_record_after_its_void_writes_nothing(shop: Shop) -> None
     void = {"orderId": order_id, "reason": "Order processing failed"}
     await shop.requester.send("orders.VoidOrderRecord", void, message_id="o1-" + order_id, order_id=order_id)
     assert (await shop.requester.reply("o1-" + order_id))["voided"] is False
-    create = {
-        "orderId": order_id,
-        "customer": {"email": "ada@example.com", "phone": None},
-        "lines": [{"productId": "sku-x", "name": "X", "quantity": 1, "unitPrice": 2.0, "lineTotal": 2.0}],
-        "amount": 2.0,
-        "currency": "usd",
-        "paymentIntentId": "pi_late",
-    }
+    create = record_command(order_id)
     await shop.requester.send("orders.CreateOrderRecord", create, message_id="o2-" + order_id, order_id=order_id)
     reply = await shop.requester.reply("o2-" + order_id)
     assert reply["type"] == "CommandFailed" and reply["Error"] == "Command.Compensated"
@@ -326,7 +319,17 @@ async def test_an_order_record_after_its_void_writes_nothing(shop: Shop) -> None
 async def test_a_void_after_the_record_voids_it(shop: Shop) -> None:
     """The other order of the race: the late create committed first; the void still wins."""
     order_id = f"ORDER#late-{uuid.uuid4().hex[:8]}"
-    create = {
+    create = record_command(order_id)
+    await shop.requester.send("orders.CreateOrderRecord", create, message_id="c1-" + order_id, order_id=order_id)
+    assert (await shop.requester.reply("c1-" + order_id))["created"] is True
+    void = {"orderId": order_id, "reason": "Order processing failed"}
+    await shop.requester.send("orders.VoidOrderRecord", void, message_id="c2-" + order_id, order_id=order_id)
+    assert (await shop.requester.reply("c2-" + order_id))["voided"] is True
+    assert (await shop.record(order_id))["status"] == "VOIDED"
+
+
+def record_command(order_id: str) -> dict[str, Any]:
+    return {
         "orderId": order_id,
         "customer": {"email": "ada@example.com", "phone": None},
         "lines": [{"productId": "sku-x", "name": "X", "quantity": 1, "unitPrice": 2.0, "lineTotal": 2.0}],
@@ -334,12 +337,6 @@ async def test_a_void_after_the_record_voids_it(shop: Shop) -> None:
         "currency": "usd",
         "paymentIntentId": "pi_late",
     }
-    await shop.requester.send("orders.CreateOrderRecord", create, message_id="c1-" + order_id, order_id=order_id)
-    assert (await shop.requester.reply("c1-" + order_id))["created"] is True
-    void = {"orderId": order_id, "reason": "Order processing failed"}
-    await shop.requester.send("orders.VoidOrderRecord", void, message_id="c2-" + order_id, order_id=order_id)
-    assert (await shop.requester.reply("c2-" + order_id))["voided"] is True
-    assert (await shop.record(order_id))["status"] == "VOIDED"
 
 
 # -- the sale's commit and the sweeper ----------------------------------------------------------------------
@@ -389,7 +386,8 @@ async def test_the_sweeper_releases_only_holds_of_orders_that_ended_otherwise(sh
 async def sweep(stack: Stack) -> int:
     """Run inventory's sweeper once against the stack's database, with no age limit."""
     url = stack.settings.database_url("inventory")
-    pool = await asyncpg.create_pool(with_database(stack.settings.admin_database_url, database_name(url)), min_size=1, max_size=2)
+    dsn = with_database(stack.settings.admin_database_url, database_name(url))
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         return await maintenance.sweep_once(pool, max_age_seconds=0)
     finally:
