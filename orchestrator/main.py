@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from contracts.orders import OrderRejected, OrderRequested
 from contracts.registry import MESSAGES
 from orchestrator import definition, rejection
-from orchestrator.metrics import SAGAS_FAILED_CRITICAL, SAGAS_IN_FLIGHT
+from orchestrator.metrics import SAGAS_FAILED_CRITICAL, SAGAS_IN_FLIGHT, TIMERS_PARKED
 from orchestrator.runner import REPLY_KEY, Runner
 from orchestrator.state import ErrorOut, ReplyReceived
 from orchestrator.status import saga_view
@@ -111,6 +111,9 @@ def build(settings: OrchestratorSettings) -> Process:
                     )
                 SAGAS_IN_FLIGHT.set(counts.get("RUNNING", 0))
                 SAGAS_FAILED_CRITICAL.set(counts.get("FAILED_CRITICAL", 0))
+                TIMERS_PARKED.set(
+                    await process.pool.fetchval("SELECT count(*) FROM saga_timer WHERE parked_at IS NOT NULL")
+                )
 
         app[SCRAPE_HOOKS].append(count_in_flight)
 

@@ -49,6 +49,13 @@ SAGAS_FAILED_CRITICAL = Gauge(
     "orderflow_sagas_failed_critical", "Sagas now in FAILED_CRITICAL, waiting for manual review or a redrive."
 )
 SAGAS_IN_FLIGHT = Gauge("orderflow_sagas_in_flight", "Sagas not yet in a terminal status.")
+TIMER_FAILURES = Counter(
+    "orderflow_timer_failures_total", "Timer firings that failed (the engine could not apply them); retried."
+)
+TIMERS_PARKED = Gauge(
+    "orderflow_timers_parked",
+    "Timers set aside after repeated failures: their sagas wait for an operator; the other timers fire on time.",
+)
 CLOCK_PAUSED_SECONDS = Counter(
     "orderflow_saga_clock_paused_seconds_total",
     "Seconds the saga clock stood still because the broker or the database was away (timers pushed back).",

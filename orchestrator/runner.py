@@ -194,7 +194,8 @@ armed AS (
     SELECT $1::text, * FROM unnest($18::text[], $19::text[], $20::text[], $21::timestamptz[])
     WHERE {written}
     ON CONFLICT (order_id, lane) DO UPDATE
-    SET token = excluded.token, kind = excluded.kind, due_at = excluded.due_at, armed_at = now()
+    SET token = excluded.token, kind = excluded.kind, due_at = excluded.due_at, armed_at = now(),
+        failures = 0, last_error = NULL, parked_at = NULL
 ),
 sent AS ({outbox.insert_sql(22, only_if=written)})
 SELECT {written} AS written,

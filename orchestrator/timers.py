@@ -7,6 +7,12 @@ connection closed, or blocked by a memory or disk alarm: ``broker_up`` says whic
 loop fires nothing, and after an outage the clock pushes pending timers back
 before any of them can fire. A timer is re-read under its saga's lock before it
 fires, so with several replicas each timer fires once.
+
+Timers are isolated from each other: one whose firing fails (the engine cannot
+apply it to its saga) is retried with backoff, and after MAX_TIMER_FAILURES it
+is parked (``parked_at``; ``orderflow_timers_parked``, alert OrderflowTimerParked)
+instead of being first in line again at every wake-up while the timers due after
+it wait. A lost database connection is not the timer's fault and is not counted.
 """
 
 import asyncio
@@ -18,15 +24,19 @@ from datetime import timedelta
 
 import asyncpg
 
-from orchestrator import saga_clock
+from orchestrator import metrics, saga_clock
 from orchestrator.runner import TIMER_CHANNEL, Runner, lock_saga
 from orchestrator.state import TimerFired
+from plumbing.errors import DB_CONNECTION, classify_transient
 
 log = logging.getLogger(__name__)
 
 _BATCH = 100
 # Upper bound on one sleep: the saga clock's heartbeat.
 _MAX_SLEEP = saga_clock.HEARTBEAT_SECONDS
+#: Failed firings of one timer before it is parked; the waits between them double from FIRST_RETRY_SECONDS.
+MAX_TIMER_FAILURES = 5
+FIRST_RETRY_SECONDS = 1.0
 
 
 class TimerLoop:
@@ -78,7 +88,7 @@ class TimerLoop:
                         await self.pool.release(listener)
 
     async def _seconds_to_next(self) -> float:
-        due = await self.pool.fetchval("SELECT min(due_at) FROM saga_timer")
+        due = await self.pool.fetchval("SELECT min(due_at) FROM saga_timer WHERE parked_at IS NULL")
         if due is None:
             return _MAX_SLEEP
         return max(0.0, min(_MAX_SLEEP, (due - self.runner.clock()).total_seconds()))
@@ -89,7 +99,8 @@ class TimerLoop:
         while True:
             now = self.runner.clock()
             due = await self.pool.fetch(
-                "SELECT order_id, lane, token FROM saga_timer WHERE due_at <= $1 ORDER BY due_at LIMIT $2",
+                """SELECT order_id, lane, token FROM saga_timer WHERE due_at <= $1 AND parked_at IS NULL
+                   ORDER BY due_at LIMIT $2""",
                 now + timedelta(milliseconds=5),
                 _BATCH,
             )
@@ -98,10 +109,45 @@ class TimerLoop:
             for row in due:
                 if not self.broker_up():
                     return fired  # the clock stops with the broker; the next tick pushes these back
-                if await self._fire(row["order_id"], row["lane"], row["token"]):
+                if await self._fire_isolated(row["order_id"], row["lane"], row["token"]):
                     fired += 1
             if len(due) < _BATCH:
                 return fired
+
+    async def _fire_isolated(self, order_id: str, lane: str, token: str) -> bool:
+        """Fire one timer; if that fails for a reason of its own, count it against the timer, not the loop."""
+        try:
+            return await self._fire(order_id, lane, token)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            transient = classify_transient(exc)
+            if transient is not None and transient.error_name == DB_CONNECTION:
+                raise  # the database is away: the loop restarts, the timer has done nothing wrong
+            await self._failed(order_id, lane, token, exc)
+            return False
+
+    async def _failed(self, order_id: str, lane: str, token: str, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+        row = await self.pool.fetchrow(
+            """UPDATE saga_timer SET failures = failures + 1, last_error = $4,
+                   due_at = now() + make_interval(secs => $5 * power(2, least(failures, 6))),
+                   parked_at = CASE WHEN failures + 1 >= $6 THEN now() END
+               WHERE order_id = $1 AND lane = $2 AND token = $3
+               RETURNING failures, parked_at""",
+            order_id,
+            lane,
+            token,
+            error,
+            FIRST_RETRY_SECONDS,
+            MAX_TIMER_FAILURES,
+        )
+        metrics.TIMER_FAILURES.inc()
+        fields = {"orderId": order_id, "lane": lane, "token": token, "error": error}
+        if row is not None and row["parked_at"] is not None:
+            log.error("timer parked after repeated failures", extra={"fields": {**fields, "failures": row["failures"]}})
+        else:
+            log.warning("timer failed; retried with backoff", exc_info=exc, extra={"fields": fields})
 
     async def _fire(self, order_id: str, lane: str, token: str) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
