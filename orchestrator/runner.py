@@ -24,6 +24,7 @@ from orchestrator import metrics, saga_clock
 from orchestrator.definition import Workflow
 from orchestrator.engine import Context, decide
 from orchestrator.state import Decision, Event, SagaState, Started
+from orchestrator.versions import Versions
 from plumbing import outbox
 from plumbing.envelope import Envelope
 from plumbing.topology import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
@@ -44,7 +45,9 @@ def request_hash(document: dict[str, Any]) -> str:
 
 class Runner:
     def __init__(self, workflow: Workflow, *, clock: Clock = utcnow) -> None:
+        #: The definition new sagas start on; a saga started on another version runs on that one.
         self.workflow = workflow
+        self.versions = Versions(workflow)
         self.clock = clock
         metrics.prepare(workflow)
 
@@ -54,7 +57,15 @@ class Runner:
         digest = request_hash(order)
         decision = decide(self.workflow, None, Started(input=order), self._ctx())
         messages = self._messages(order_id, decision, causation_id)
-        inserted, _ = await self._write(conn, _INSERT_SAGA, order_id, decision, messages, extra=[digest])
+        await self.versions.deploy(conn)
+        inserted, _ = await self._write(
+            conn,
+            _INSERT_SAGA,
+            order_id,
+            decision,
+            messages,
+            extra=[digest, self.versions.name, self.versions.version],
+        )
         if inserted:
             metrics.observe(decision, workflow=self.workflow, before=None, duration_seconds=None)
             return "started"
@@ -73,16 +84,15 @@ class Runner:
         if row is None:
             return None
         before = SagaState.model_validate(row["state"])
-        decision = decide(self.workflow, before, event, self._ctx())
+        workflow = await self.versions.workflow(conn, row["workflow_version"])
+        decision = decide(workflow, before, event, self._ctx())
         messages = self._messages(order_id, decision, causation_id)
         just_finished = decision.state.finished and not before.finished
         if just_finished:
             messages.append(self._outcome(decision.state, causation_id))
         _, retried = await self._write(conn, _UPDATE_SAGA, order_id, decision, messages, finished=just_finished)
         duration = (self.clock() - row["created_at"]).total_seconds() if just_finished else None
-        metrics.observe(
-            decision, workflow=self.workflow, before=before, duration_seconds=duration, retried=bool(retried)
-        )
+        metrics.observe(decision, workflow=workflow, before=before, duration_seconds=duration, retried=bool(retried))
         return decision
 
     def _ctx(self) -> Context:
@@ -210,8 +220,8 @@ SELECT {written} AS written,
 # A concurrent start of the same order makes ON CONFLICT DO NOTHING wait for it to end: exactly one start
 # writes the saga; the others then read the row it committed.
 _INSERT_SAGA = _transition_sql(
-    """INSERT INTO saga (order_id, status, current_state, state, request_hash)
-       VALUES ($1::text, $2::text, $3::text, $4::jsonb, $28::text)
+    """INSERT INTO saga (order_id, status, current_state, state, request_hash, workflow_name, workflow_version)
+       VALUES ($1::text, $2::text, $3::text, $4::jsonb, $28::text, $29::text, $30::text)
        ON CONFLICT (order_id) DO NOTHING RETURNING 1"""
 )
 _UPDATE_SAGA = _transition_sql(
@@ -224,7 +234,9 @@ _UPDATE_SAGA = _transition_sql(
 async def lock_saga(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record | None:
     """Lock the saga's row until the transaction ends and read it; None when there is no such saga. Whoever
     changes a saga or its timers takes this lock first, so locks are always taken in the same order."""
-    return await conn.fetchrow("SELECT state, created_at FROM saga WHERE order_id = $1 FOR UPDATE", order_id)
+    return await conn.fetchrow(
+        "SELECT state, created_at, workflow_version FROM saga WHERE order_id = $1 FOR UPDATE", order_id
+    )
 
 
 def _event(order_id: str, routing_key: str, payload: Any, causation_id: str | None) -> outbox.Outgoing:

@@ -7,7 +7,9 @@ import asyncpg
 
 async def saga_view(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] | None:
     row = await conn.fetchrow(
-        "SELECT order_id, status, current_state, state, version, created_at, updated_at FROM saga WHERE order_id = $1",
+        """SELECT order_id, status, current_state, state, version, workflow_name, workflow_version, created_at,
+                  updated_at
+           FROM saga WHERE order_id = $1""",
         order_id,
     )
     if row is None:
@@ -24,6 +26,7 @@ async def saga_view(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] |
         "status": row["status"],
         "currentStep": row["current_state"],
         "version": row["version"],
+        "workflow": {"name": row["workflow_name"], "version": row["workflow_version"]},
         "createdAt": row["created_at"].isoformat(),
         "updatedAt": row["updated_at"].isoformat(),
         "amount": (data.get("inventory") or {}).get("amount"),

@@ -3,12 +3,13 @@
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
 
 from contracts.orders import OrderRequested
+from orderctl.reach import reaching_broker
 from plumbing.envelope import Envelope
 from plumbing.topology import EVENTS_EXCHANGE
 
@@ -43,17 +44,36 @@ class OutcomeListener:
                 self.outcomes[key] = body
                 self._changed.notify_all()
 
-    async def wait_for(self, order_ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
-        """Wait until every order has an outcome, or the deadline passes; return what arrived."""
+    async def wait_for(
+        self,
+        order_ids: list[str],
+        timeout: float,
+        on_outcome: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Wait until every order has an outcome, or the deadline passes; return what arrived.
+
+        ``on_outcome`` hears each order's first outcome as it arrives (a progress display)."""
+        heard: set[str] = set()
+        wanted = set(order_ids)
+
+        def all_heard() -> bool:
+            for order_id in wanted - heard:
+                if order_id in self.outcomes:
+                    heard.add(order_id)
+                    if on_outcome is not None:
+                        on_outcome(order_id, self.outcomes[order_id])
+            return heard == wanted
+
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(lambda: all(o in self.outcomes for o in order_ids))
+                await self._changed.wait_for(all_heard)
         return {o: self.outcomes[o] for o in order_ids if o in self.outcomes}
 
 
 @contextlib.asynccontextmanager
 async def connect(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    connection = await aio_pika.connect_robust(amqp_url)
+    with reaching_broker(amqp_url):
+        connection = await aio_pika.connect_robust(amqp_url)
     try:
         yield await connection.channel()
     finally:

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import sys
 import time
 import urllib.request
 from decimal import Decimal
@@ -10,11 +11,12 @@ from typing import Any
 from contracts.base import Customer, OrderItem
 from contracts.orders import OrderRequested
 from orchestrator.status import saga_view
-from orderctl import client
+from orderctl import client, output, reach
 from orderctl.config import SERVICES, CtlSettings
+from orderctl.errors import CtlError
+from orderctl.output import Col
 from orderctl.provision import migrate_all
 from orderctl.supervisor import Supervisor, children
-from plumbing.db import connect
 from services.inventory import repository as inventory_repo
 
 CATALOG = [
@@ -80,7 +82,7 @@ def sample_orders(run: str) -> list[tuple[str, OrderRequested]]:
 
 
 async def seed_catalog(settings: CtlSettings) -> None:
-    conn = await connect(settings.inventory_database_url)
+    conn = await reach.database(settings, "inventory")
     try:
         for product_id, name, stock, price in CATALOG:
             await inventory_repo.upsert_product(conn, product_id, name=name, stock=stock, price=price, currency="usd")
@@ -104,16 +106,21 @@ async def wait_ready(settings: CtlSettings, timeout: float = 60.0) -> None:
         if not pending:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not ready after {timeout:.0f}s: {', '.join(sorted(pending))} (see var/log)")
+            raise CtlError(f"not ready after {timeout:.0f}s: {', '.join(sorted(pending))} (see var/log)")
         await asyncio.sleep(0.2)
 
 
-async def run_demo(settings: CtlSettings, *, timeout: float = 120.0) -> int:
-    print("migrating databases ...")
+def say(line: str) -> None:
+    """What the demo is doing, on stderr: stdout holds only the outcomes (a table, or JSON with --json)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+async def run_demo(settings: CtlSettings, *, timeout: float = 120.0, as_json: bool = False) -> int:
+    say("migrating databases ...")
     await migrate_all(settings)
     faults = {service: {"FAULTS": json.dumps(rules)} for service, rules in DEMO_FAULTS.items()}
     supervisor = Supervisor(children(settings, dev_servers=True, extra_env=faults), log_dir="var/log")
-    print("starting processes (logs in var/log/) ...")
+    say("starting processes (logs in var/log/) ...")
     await supervisor.start()
     try:
         await wait_ready(settings)
@@ -125,17 +132,34 @@ async def run_demo(settings: CtlSettings, *, timeout: float = 120.0) -> int:
             await listener.start(channel)
             for _, order in orders:
                 await client.publish_order(channel, order)
-            print(
+            say(
                 f"published {len(orders)} orders; waiting for outcomes (the lost payment reply waits out "
                 "ProcessPayment's 60 s timeout, then its 5 s retry) ..."
             )
-            outcomes = await listener.wait_for([o.orderId for _, o in orders], timeout)
-        conn = await connect(settings.orchestrator_database_url)
+            with output.OrderProgress(len(orders)) as progress:
+                outcomes = await listener.wait_for(
+                    [o.orderId for _, o in orders], timeout, lambda order_id, o: progress.done(order_id, o["status"])
+                )
+        conn = await reach.database(settings, "orchestrator")
         try:
             views = {o.orderId: await saga_view(conn, o.orderId) for _, o in orders}
         finally:
             await conn.close()
-        print(render_table(orders, outcomes, views))
+        rows = outcome_rows(orders, outcomes, views)
+        if as_json:
+            output.as_json([dict(zip(OUTCOME_HEADERS, row, strict=True)) for row in rows])
+        else:
+            output.table(
+                [
+                    Col("ORDER", key=True),
+                    Col("PATH"),
+                    Col("STATUS"),
+                    Col("AMOUNT", right=True),
+                    Col("ERROR"),
+                    Col("STEPS"),
+                ],
+                rows,
+            )
         return 0 if len(outcomes) == len(orders) else 1
     finally:
         await supervisor.stop()
@@ -152,25 +176,26 @@ def steps_taken(view: dict[str, Any] | None) -> str:
     return " > ".join(names)
 
 
-def render_table(
+OUTCOME_HEADERS = ("orderId", "path", "status", "amount", "error", "steps")
+
+
+def outcome_rows(
     orders: list[tuple[str, OrderRequested]], outcomes: dict[str, dict[str, Any]], views: dict[str, Any]
-) -> str:
-    rows = [("ORDER", "PATH", "STATUS", "AMOUNT", "ERROR", "STEPS")]
+) -> list[list[str]]:
+    """One row per sample order: OUTCOME_HEADERS' values, "NO OUTCOME" for an order that had none in time."""
+    rows = []
     for path, order in orders:
         outcome = outcomes.get(order.orderId, {})
         error = outcome.get("error") or outcome.get("notificationError") or {}
         amount = outcome.get("amount")
         rows.append(
-            (
+            [
                 order.orderId,
                 path,
                 outcome.get("status", "NO OUTCOME"),
                 "-" if amount is None else f"{amount:.2f}",
                 error.get("Error", "") if isinstance(error, dict) else "",
                 steps_taken(views.get(order.orderId)),
-            )
+            ]
         )
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1] for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return rows

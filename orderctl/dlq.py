@@ -27,6 +27,10 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from contracts.asyncapi import consumer_queues
+from orderctl import output
+from orderctl.errors import CtlError
+from orderctl.output import Col
+from orderctl.reach import broker
 from plumbing.consumer import HEADER_DEATH_KIND, HEADER_DEATH_REASON
 from plumbing.envelope import HEADER_CAUSATION, copy_of
 from plumbing.topology import dq_name
@@ -54,7 +58,7 @@ _DEATH_HEADERS = frozenset(
 _PUBLISH_TIMEOUT = 10.0
 
 
-class DlqError(Exception):
+class DlqError(CtlError):
     """A dead-letter queue that does not exist, or a dead letter that cannot be replayed."""
 
 
@@ -123,7 +127,7 @@ def resolve(queue: str) -> str:
 async def counts(url: str) -> dict[str, int | None]:
     """Ready messages per dead-letter queue (a passive declare); None for a queue not declared yet."""
     found: dict[str, int | None] = {}
-    async with await aio_pika.connect(url, client_properties={"connection_name": "orderctl dlq"}) as connection:
+    async with await broker(url, name="orderctl dlq") as connection:
         for name in queue_names():
             channel = await connection.channel()
             try:
@@ -139,7 +143,7 @@ async def counts(url: str) -> dict[str, int | None]:
 @contextlib.asynccontextmanager
 async def _taken(url: str, queue: str) -> AsyncIterator[tuple[AbstractConnection, list[AbstractIncomingMessage]]]:
     """Every message of ``queue``, unacknowledged; those left unsettled are handed back in order."""
-    async with await aio_pika.connect(url, client_properties={"connection_name": "orderctl dlq"}) as connection:
+    async with await broker(url, name="orderctl dlq") as connection:
         channel = await connection.channel()
         try:
             source = await channel.declare_queue(queue, passive=True)
@@ -223,7 +227,7 @@ async def purge(url: str, queue: str, message_ids: set[str] | None) -> int:
     """Delete the chosen dead letters (all when ``message_ids`` is None); returns how many."""
     name = resolve(queue)
     if message_ids is None:
-        async with await aio_pika.connect(url, client_properties={"connection_name": "orderctl dlq"}) as connection:
+        async with await broker(url, name="orderctl dlq") as connection:
             channel = await connection.channel()
             try:
                 source = await channel.declare_queue(name, passive=True)
@@ -238,11 +242,25 @@ async def purge(url: str, queue: str, message_ids: set[str] | None) -> int:
         return len(chosen)
 
 
-def render_counts(found: dict[str, int | None]) -> str:
-    width = max(map(len, found), default=5)
-    lines = [f"{'QUEUE':<{width}}  MESSAGES"]
-    lines += [f"{name:<{width}}  {'not declared' if n is None else n}" for name, n in found.items()]
-    return "\n".join(lines)
+def print_counts(found: dict[str, int | None]) -> None:
+    output.table(
+        [Col("QUEUE", key=True), Col("MESSAGES")],
+        [[name, "not declared" if n is None else n] for name, n in found.items()],
+    )
+
+
+def as_json(letter: DeadLetter) -> dict[str, Any]:
+    """A dead letter for ``dlq show --json``: its metadata and its body as text."""
+    return {
+        "messageId": letter.message_id,
+        "type": letter.type,
+        "correlationId": letter.correlation_id,
+        "causationId": letter.causation_id,
+        "kind": letter.kind,
+        "reason": letter.reason,
+        "origin": {"exchange": letter.origin[0], "routingKey": letter.origin[1]} if letter.origin else None,
+        "body": letter.body.decode("utf-8", errors="replace"),
+    }
 
 
 def render_letters(letters: list[DeadLetter]) -> str:

@@ -26,6 +26,7 @@ from contracts.orders import OrderOutcome, OrderRequested
 from contracts.registry import BY_NAME
 from orchestrator.state import SagaState
 from orderctl.dlq import DeadLetter
+from orderctl.reach import database_variable, reaching
 from plumbing.db import connect
 from plumbing.topology import q_name
 
@@ -136,7 +137,8 @@ def saga_check(database_url: str, queue: str) -> Callable[[list[DeadLetter]], Aw
     ``database_url`` read once, when there is something to judge."""
 
     async def check(letters: list[DeadLetter]) -> list[Verdict]:
-        conn = await connect(database_url)
+        with reaching("PostgreSQL for orchestrator", database_variable("orchestrator"), database_url):
+            conn = await connect(database_url)
         try:
             return await verdicts(conn, queue, letters)
         finally:

@@ -1,341 +1,246 @@
-"""The orderctl command line."""
+"""The orderctl command line: the parser, and the one error handler every command goes through.
+
+Every error ends as one line on stderr and a documented exit code (orderctl/errors.py); a traceback only
+with ``--debug``.
+"""
 
 import argparse
 import asyncio
-import json
-import signal
+import inspect
+import logging
+import os
 import sys
-from decimal import Decimal
-from pathlib import Path
+import traceback
+from decimal import Decimal, InvalidOperation
+from importlib import metadata
+from typing import NoReturn
 
-from contracts.orders import OrderRequested
+import shtab
+
 from orchestrator import definition
-from orchestrator.runner import Runner
-from orchestrator.state import Redriven
-from orchestrator.status import saga_view
-from orderctl import client
+from orderctl import commands
 from orderctl.config import SERVICES, CtlSettings
-from orderctl.demo import run_demo, steps_taken
+from orderctl.errors import EXIT_CODES, INTERRUPTED, OK, USAGE, describe
 from orderctl.outbox import cmd_outbox
-from orderctl.provision import migrate_all
-from orderctl.supervisor import Supervisor, children
-from plumbing import outbox
-from plumbing.db import connect
-from services.inventory import repository as inventory_repo
 
 
-async def cmd_migrate(settings: CtlSettings, args: argparse.Namespace) -> int:
-    applied = await migrate_all(settings, only=args.service)
-    for service, names in applied.items():
-        print(f"{service}: {', '.join(names) if names else 'up to date'}")
-    return 0
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (usage is one ``--help`` away); its subparsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-async def cmd_up(settings: CtlSettings, args: argparse.Namespace) -> int:
-    supervisor = Supervisor(children(settings, dev_servers=not args.no_dev_servers), log_dir=args.log_dir)
-    await supervisor.start()
-    names = ", ".join(c.name for c in supervisor.children)
-    print(f"running: {names}. Ctrl-C stops them.", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    print("stopping ...")
-    await supervisor.stop()
-    return 0
-
-
-async def cmd_stock(settings: CtlSettings, args: argparse.Namespace) -> int:
-    conn = await connect(settings.inventory_database_url)
+def price(value: str) -> Decimal:
     try:
-        if args.action == "set":
-            existing = await inventory_repo.products(conn, [args.product_id])
-            name = args.name or (existing[args.product_id]["name"] if existing else args.product_id)
-            if not existing and args.price is None:
-                print("a new product needs --price", file=sys.stderr)
-                return 2
-            await inventory_repo.upsert_product(
-                conn, args.product_id, name=name, stock=args.quantity, price=args.price, currency=args.currency
-            )
-        rows = await inventory_repo.list_products(conn)
-    finally:
-        await conn.close()
-    print(f"{'PRODUCT':<20} {'NAME':<28} {'PRICE':>10} {'CUR':<4} {'STOCK':>7} {'RESERVED':>9}")
-    for r in rows:
-        print(
-            f"{r['product_id']:<20} {r['name'][:28]:<28} {r['price']:>10} {r['currency']:<4} "
-            f"{r['stock']:>7} {r['reserved']:>9}"
-        )
-    return 0
+        amount = Decimal(value)
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount < 0:
+        raise argparse.ArgumentTypeError(f"invalid price {value!r}: an amount such as 9.50")
+    return amount
 
 
-async def cmd_submit(settings: CtlSettings, args: argparse.Namespace) -> int:
-    document = json.loads(await asyncio.to_thread(Path(args.file).read_text))
-    orders = [OrderRequested.model_validate(d) for d in (document if isinstance(document, list) else [document])]
-    async with client.connect(settings.amqp_url) as channel:
-        listener = client.OutcomeListener()
-        if args.wait:
-            await listener.start(channel)
-        for order in orders:
-            await client.publish_order(channel, order)
-            print(f"published {order.orderId}")
-        if args.wait:
-            outcomes = await listener.wait_for([o.orderId for o in orders], args.wait)
-            for order in orders:
-                outcome = outcomes.get(order.orderId)
-                print(f"{order.orderId}: {outcome['status'] if outcome else 'no outcome yet'}")
-    return 0
-
-
-async def _view(settings: CtlSettings, order_id: str) -> dict | None:
-    conn = await connect(settings.orchestrator_database_url)
+def count(value: str) -> int:
     try:
-        view = await saga_view(conn, order_id)
-    finally:
-        await conn.close()
-    if view is None:
-        print(f"no saga for {order_id}", file=sys.stderr)
-    return view
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"invalid number {value!r}: a whole number, 0 or more")
+    return number
 
 
-async def cmd_status(settings: CtlSettings, args: argparse.Namespace) -> int:
-    view = await _view(settings, args.order_id)
-    if view is None:
-        return 1
-    if args.json:
-        print(json.dumps(view, indent=2, default=str))
-        return 0
-    print(f"order    {view['orderId']}\nstatus   {view['status']}\nstep     {view['currentStep']}")
-    print(f"amount   {view['amount']} {view['currency'] or ''}")
-    if view["error"]:
-        print(f"error    {view['error']['Error']}: {view['error']['Cause']}")
-    if view["notificationError"]:
-        print(f"notify   {view['notificationError']['Error']}: {view['notificationError']['Cause']}")
-    print(f"path     {steps_taken(view)}\n")
-    print(f"{'STEP':<26} {'LANE':<9} {'TRY':>3}  {'OUTCOME':<10} {'STARTED':<27} ERROR")
-    for step in view["steps"]:
-        print(
-            f"{step['step']:<26} {step['lane']:<9} {step['attempt']:>3}  {step['outcome']:<10} "
-            f"{step['startedAt']:<27} {step['error'] or ''}"
-        )
-    return 0
-
-
-async def cmd_orders(settings: CtlSettings, args: argparse.Namespace) -> int:
-    conn = await connect(settings.orders_database_url)
+def seconds(value: str) -> float:
     try:
-        rows = await conn.fetch(
-            """SELECT order_id, status, amount, currency, payment_intent_id, created_at
-               FROM order_record ORDER BY created_at DESC LIMIT $1""",
-            args.limit,
-        )
-    finally:
-        await conn.close()
-    print(f"{'ORDER':<36} {'STATUS':<10} {'AMOUNT':>10} {'CUR':<4} {'PAYMENT':<30} CREATED")
-    for r in rows:
-        print(
-            f"{r['order_id']:<36} {r['status']:<10} {r['amount']:>10} {r['currency']:<4} "
-            f"{r['payment_intent_id']:<30} {r['created_at']:%Y-%m-%d %H:%M:%S}"
-        )
-    return 0
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid duration {value!r}: seconds, e.g. 30 or 2.5")
+    return number
 
 
-async def cmd_redrive(settings: CtlSettings, args: argparse.Namespace) -> int:
-    conn = await connect(settings.orchestrator_database_url)
+def version() -> str:
     try:
-        async with conn.transaction():
-            status = await conn.fetchval("SELECT status FROM saga WHERE order_id = $1 FOR UPDATE", args.order_id)
-            if status is None:
-                print(f"no saga for {args.order_id}", file=sys.stderr)
-                return 1
-            if status != "FAILED_CRITICAL":
-                print(f"{args.order_id} is {status}; only FAILED_CRITICAL sagas are redriven", file=sys.stderr)
-                return 2
-            runner = Runner(definition.load(Path(args.workflow_file)))
-            decision = await runner.apply(conn, args.order_id, Redriven(), causation_id=None)
-            await outbox.announce(conn)  # the orchestrator's relay publishes the commands this wrote
-    finally:
-        await conn.close()
-    assert decision is not None
-    restarted = ", ".join(sorted({c.state for c in decision.commands})) or "-"
-    print(f"{args.order_id} redriven from {restarted}; follow it with: orderctl status '{args.order_id}'")
-    return 0
+        return metadata.version("orderflow")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
-async def cmd_history(settings: CtlSettings, args: argparse.Namespace) -> int:
-    view = await _view(settings, args.order_id)
-    if view is None:
-        return 1
-    print(f"{view['orderId']}  {view['status']}  ({len(view['history'])} events)\n")
-    print(f"{'AT':<26} {'EVENT':<22} {'STATE':<26} {'LANE':<9} {'TRY':>3}  ERROR / DETAIL")
-    for h in view["history"]:
-        note = ": ".join(x for x in (h["error"], h["cause"]) if x) or (json.dumps(h["detail"]) if h["detail"] else "")
-        print(
-            f"{h['at'][:26]:<26} {h['event']:<22} {h['state'] or '':<26} {h['lane']:<9} "
-            f"{h['attempt'] if h['attempt'] is not None else '':>3}  {note}"
-        )
-    return 0
-
-
-async def cmd_demo(settings: CtlSettings, args: argparse.Namespace) -> int:
-    return await run_demo(settings, timeout=args.timeout)
-
-
-async def cmd_check(settings: CtlSettings, args: argparse.Namespace) -> int:
-    from orderctl import checker
-
-    try:
-        report = await checker.check(settings, allow_running=args.allow_running, stripe_url=args.stripe_url)
-    except (checker.CheckError, OSError) as exc:
-        print(f"cannot check: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report.as_json(), indent=2) if args.json else checker.render(report))
-    return 0 if report.ok else 1
-
-
-async def cmd_dlq(settings: CtlSettings, args: argparse.Namespace) -> int:
-    from orderctl import dlq
-
-    ids = set(args.message_id) if getattr(args, "message_id", None) else None
-    try:
-        if args.action == "list":
-            print(dlq.render_counts(await dlq.counts(settings.amqp_url)))
-        elif args.action == "show":
-            total, letters = await dlq.show(settings.amqp_url, args.queue, limit=args.limit)
-            print(f"{dlq.resolve(args.queue)}: {total} dead letter(s), showing {len(letters)}")
-            if letters:
-                print(dlq.render_letters(letters))
-        elif args.action == "replay":
-            from orderctl.dlq_check import saga_check
-
-            check = None if args.force else saga_check(settings.orchestrator_database_url, args.queue)
-            chosen = None if args.all else ids
-            done = await dlq.replay(settings.amqp_url, args.queue, chosen, check=check, drop_skipped=args.drop_skipped)
-            for letter in done.replayed:
-                assert letter.origin is not None
-                print(f"replayed {letter.message_id or '-'} to {letter.origin[0] or '(default)'} {letter.origin[1]}")
-            where = "dropped" if done.dropped else f"left in {dlq.resolve(args.queue)}"
-            for letter, why in done.skipped:
-                print(f"skipped {letter.message_id or '-'}: {why}; {where}")
-            if not done.replayed and not done.skipped:
-                print("nothing to replay" if args.all else "no matching dead letter", file=sys.stderr)
-                return 0 if args.all else 1
-        elif args.action == "purge":
-            what = f"message(s) {', '.join(sorted(ids))}" if ids else "every message"
-            if not args.yes:
-                print(f"this deletes {what} of {dlq.resolve(args.queue)}; add --yes", file=sys.stderr)
-                return 2
-            purged = await dlq.purge(settings.amqp_url, args.queue, ids)
-            print(f"purged {purged} dead letter(s) from {dlq.resolve(args.queue)}")
-            if ids and not purged:
-                return 1
-    except dlq.DlqError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    return 0
+#: Shared by every command: --debug may come before or after the command's name.
+_COMMON = argparse.ArgumentParser(add_help=False)
+_COMMON.add_argument(
+    "--debug", action="store_true", default=argparse.SUPPRESS, help="on an error, print the traceback and log"
+)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orderctl", description="Run and inspect Orderflow.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(
+        prog="orderctl",
+        description="Run and inspect Orderflow. Settings come from ORDERFLOW_* variables (docs/operations.md).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    p.add_argument("--debug", action="store_true", help="on an error, print the traceback and log")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    m = sub.add_parser("migrate", help="create databases and roles if missing, apply migrations")
-    m.add_argument("--service", choices=[s.name for s in SERVICES])
-    m.set_defaults(run=cmd_migrate)
+    def command(within: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+        return within.add_parser(name, help=help, description=help, parents=[_COMMON])
 
-    u = sub.add_parser("up", help="start every process and keep them running until Ctrl-C")
+    def json_flag(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    services = [s.name for s in SERVICES]
+
+    m = command(sub, "migrate", "create databases and roles if missing, apply migrations")
+    m.add_argument("--service", choices=services, help="only this process's database (default: all)")
+    m.set_defaults(run=commands.cmd_migrate)
+
+    u = command(sub, "up", "start every process and keep them running until Ctrl-C")
     u.add_argument("--no-dev-servers", action="store_true", help="do not start the local Stripe server and SMTP sink")
-    u.add_argument("--log-dir", default=None, help="write each process's log here instead of the terminal")
-    u.set_defaults(run=cmd_up)
+    u.add_argument(
+        "--log-dir", default=None, help="write each process's log here instead of the terminal"
+    ).complete = shtab.DIRECTORY
+    u.set_defaults(run=commands.cmd_up)
 
-    s = sub.add_parser("stock", help="show or set stock and prices")
-    s_sub = s.add_subparsers(dest="action", required=True)
-    s_sub.add_parser("show")
-    s_set = s_sub.add_parser("set")
-    s_set.add_argument("product_id")
-    s_set.add_argument("quantity", type=int)
-    s_set.add_argument("--price", type=Decimal)
-    s_set.add_argument("--name")
-    s_set.add_argument("--currency", default="usd")
-    s.set_defaults(run=cmd_stock)
+    s = command(sub, "stock", "show or set stock and prices")
+    s_sub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    json_flag(command(s_sub, "show", "list the catalog: price, stock and units reserved"))
+    s_set = command(s_sub, "set", "set a product's stock (and price, name, currency); then list the catalog")
+    s_set.add_argument("product_id", help="the product's id, e.g. sku-mug")
+    s_set.add_argument("quantity", type=count, help="units in stock")
+    s_set.add_argument("--price", type=price, help="unit price in major units, e.g. 9.50 (required for a new product)")
+    s_set.add_argument("--name", help="display name (default: unchanged, or the product id)")
+    s_set.add_argument("--currency", default="usd", help="ISO currency code (default: usd)")
+    json_flag(s_set)
+    s.set_defaults(run=commands.cmd_stock)
 
-    sb = sub.add_parser("submit", help="publish OrderRequested messages from a JSON file (one order or a list)")
-    sb.add_argument("file")
-    sb.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait this long for the outcomes")
-    sb.set_defaults(run=cmd_submit)
+    sb = command(sub, "submit", "publish OrderRequested messages from a JSON file (one order or a list)")
+    sb.add_argument(
+        "file", help="a JSON file: one OrderRequested or a list of them; - reads stdin"
+    ).complete = shtab.FILE
+    sb.add_argument(
+        "--wait", type=seconds, default=0, metavar="SECONDS", help="wait this long for the outcomes (default: no wait)"
+    )
+    json_flag(sb)
+    sb.set_defaults(run=commands.cmd_submit)
 
-    st = sub.add_parser("status", help="show an order's saga: status, steps, attempts, errors")
-    st.add_argument("order_id")
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(run=cmd_status)
+    st = command(sub, "status", "show an order's saga: status, steps, attempts, errors")
+    st.add_argument("order_id", help="the order's id, e.g. 'ORDER#123' (quote the #)")
+    json_flag(st)
+    st.set_defaults(run=commands.cmd_status)
 
-    h = sub.add_parser("history", help="every event of an order's saga, as Step Functions' execution history")
-    h.add_argument("order_id")
-    h.set_defaults(run=cmd_history)
+    h = command(sub, "history", "every event of an order's saga, as Step Functions' execution history")
+    h.add_argument("order_id", help="the order's id, e.g. 'ORDER#123' (quote the #)")
+    json_flag(h)
+    h.set_defaults(run=commands.cmd_history)
 
-    o = sub.add_parser("orders", help="list recent order records (newest first)")
-    o.add_argument("--limit", type=int, default=20)
-    o.set_defaults(run=cmd_orders)
+    o = command(sub, "orders", "list recent order records (newest first)")
+    o.add_argument("--limit", type=count, default=20, help="at most this many (default: 20)")
+    json_flag(o)
+    o.set_defaults(run=commands.cmd_orders)
 
-    r = sub.add_parser("redrive", help="restart a FAILED_CRITICAL saga from the step that failed")
-    r.add_argument("order_id")
-    r.add_argument("--workflow-file", default=str(definition.DEFINITION_FILE))
-    r.set_defaults(run=cmd_redrive)
+    r = command(sub, "redrive", "restart a FAILED_CRITICAL saga from the step that failed")
+    r.add_argument("order_id", help="the FAILED_CRITICAL order's id")
+    r.add_argument(
+        "--workflow-file",
+        default=str(definition.DEFINITION_FILE),
+        help="the workflow definition the orchestrator runs (default: the packaged one)",
+    ).complete = shtab.FILE
+    r.set_defaults(run=commands.cmd_redrive)
 
-    d = sub.add_parser("demo", help="migrate, start everything, run sample orders and print their outcomes")
-    d.add_argument("--timeout", type=float, default=120.0)
-    d.set_defaults(run=cmd_demo)
+    d = command(sub, "demo", "migrate, start everything, run sample orders and print their outcomes")
+    d.add_argument("--timeout", type=seconds, default=120.0, help="seconds to wait for the outcomes (default: 120)")
+    json_flag(d)
+    d.set_defaults(run=commands.cmd_demo)
 
-    c = sub.add_parser("check", help="check the invariants over every database; exit 1 on a violation")
+    c = command(sub, "check", "check the invariants over every database; exit 1 on a violation")
     c.add_argument("--allow-running", action="store_true", help="sagas still running are not violations")
     c.add_argument(
         "--stripe-url",
         help="read the payment provider at this Stripe-compatible server, e.g. http://127.0.0.1:12111 "
         "(default: STRIPE_API_KEY / STRIPE_API_BASE; neither set: the provider rules are skipped)",
     )
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(run=cmd_check)
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(run=commands.cmd_check)
 
-    q = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
-    q_sub = q.add_subparsers(dest="action", required=True)
-    q_sub.add_parser("list", help="every dead-letter queue with its message count")
-    q_show = q_sub.add_parser("show", help="peek at a dead-letter queue's messages; none is removed")
-    q_show.add_argument("queue", help="a consumer queue or its .dlq, e.g. orchestrator.order-requests")
-    q_show.add_argument("--limit", type=int, default=20)
-    q_replay = q_sub.add_parser("replay", help="republish dead letters where they were first published")
-    q_replay.add_argument("queue")
+    q = command(sub, "dlq", "list, show, replay or purge dead letters")
+    q_sub = q.add_subparsers(dest="action", required=True, metavar="ACTION")
+    queue_help = "a consumer queue or its .dlq, e.g. orchestrator.order-requests"
+    id_help = "a dead letter's message id (repeatable)"
+    json_flag(command(q_sub, "list", "every dead-letter queue with its message count"))
+    q_show = command(q_sub, "show", "peek at a dead-letter queue's messages; none is removed")
+    q_show.add_argument("queue", help=queue_help)
+    q_show.add_argument("--limit", type=count, default=20, help="show at most this many (default: 20)")
+    json_flag(q_show)
+    q_replay = command(q_sub, "replay", "republish dead letters where they were first published")
+    q_replay.add_argument("queue", help=queue_help)
     q_which = q_replay.add_mutually_exclusive_group(required=True)
-    q_which.add_argument("--message-id", action="append", help="a dead letter's message id (repeatable)")
-    q_which.add_argument("--all", action="store_true")
+    q_which.add_argument("--message-id", action="append", help=id_help)
+    q_which.add_argument("--all", action="store_true", help="every dead letter of the queue")
     q_replay.add_argument(
         "--force", action="store_true", help="replay without checking the saga's state (see docs/runbook.md)"
     )
     q_replay.add_argument(
         "--drop-skipped", action="store_true", help="delete the dead letters the check holds back, not keep them"
     )
-    q_purge = q_sub.add_parser("purge", help="delete dead letters: one by message id, or all")
-    q_purge.add_argument("queue")
-    q_purge.add_argument("--message-id", action="append", help="a dead letter's message id (repeatable)")
+    q_purge = command(q_sub, "purge", "delete dead letters: one by message id, or all")
+    q_purge.add_argument("queue", help=queue_help)
+    q_purge.add_argument("--message-id", action="append", help=id_help + "; none: every dead letter")
     q_purge.add_argument("--yes", action="store_true", help="really delete")
-    q.set_defaults(run=cmd_dlq)
+    q.set_defaults(run=commands.cmd_dlq)
 
-    ob = sub.add_parser("outbox", help="list, retry or drop outbox rows the relay parked as unpublishable")
-    ob_sub = ob.add_subparsers(dest="action", required=True)
-    ob_list = ob_sub.add_parser("parked", help="every parked row with its reason")
-    ob_list.add_argument("--service", choices=[s.name for s in SERVICES])
-    ob_list.add_argument("--json", action="store_true")
+    ob = command(sub, "outbox", "list, retry or drop outbox rows the relay parked as unpublishable")
+    ob_sub = ob.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ob_list = command(ob_sub, "parked", "every parked row with its reason")
+    ob_list.add_argument("--service", choices=services, help="only this process's database (default: all)")
+    json_flag(ob_list)
     for action, what in [("retry", "put a parked row back into the outbox"), ("drop", "delete a parked row")]:
-        ob_action = ob_sub.add_parser(action, help=what)
+        ob_action = command(ob_sub, action, what)
         ob_action.add_argument("id", type=int, help="the row's id, as `orderctl outbox parked` shows it")
-        ob_action.add_argument("--service", required=True, choices=[s.name for s in SERVICES])
+        ob_action.add_argument("--service", required=True, choices=services, help="the database that holds the row")
     ob.set_defaults(run=cmd_outbox)
+
+    k = command(sub, "completion", "print a shell completion script (see docs/operations.md)")
+    k.add_argument("shell", choices=["bash", "zsh"], help="the shell the script is for")
+    k.set_defaults(run=commands.cmd_completion)
     return p
+
+
+def _logging(debug: bool) -> None:
+    """Libraries log a failed connection as a warning; orderctl says it once, in its own line."""
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+        return
+    for name in ("aiormq", "aio_pika", "asyncpg", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; any error becomes one line on stderr and its exit code."""
+    try:
+        if not inspect.iscoroutinefunction(args.run):
+            return args.run(None, args)
+        return asyncio.run(args.run(CtlSettings(), args))
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except BrokenPipeError:  # `orderctl ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
+    except Exception as exc:
+        message, code = describe(exc)
+        if args.debug:
+            traceback.print_exc()
+        print(f"orderctl: {message}", file=sys.stderr)
+        return code
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    sys.exit(asyncio.run(args.run(CtlSettings(), args)))
+    _logging(args.debug)
+    sys.exit(run(args))
 
 
 if __name__ == "__main__":

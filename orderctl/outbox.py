@@ -7,16 +7,15 @@ NOTIFY. A row that still cannot be published is parked again. A drop deletes it:
 """
 
 import argparse
-import json
-import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import asyncpg
 
+from orderctl import output, reach
 from orderctl.config import SERVICES, CtlSettings
+from orderctl.errors import NotFound
 from plumbing import outbox
-from plumbing.db import connect
 
 
 @dataclass(frozen=True)
@@ -92,24 +91,23 @@ async def cmd_outbox(settings: CtlSettings, args: argparse.Namespace) -> int:
     if args.action == "parked":
         found: list[ParkedRow] = []
         for service in services:
-            conn = await connect(settings.database_url(service))
+            conn = await reach.database(settings, service)
             try:
                 found += await parked(conn, service)
             finally:
                 await conn.close()
         if args.json:
-            print(json.dumps([asdict(row) for row in found], indent=2, default=str))
+            output.as_json([asdict(row) for row in found])
         else:
             print(render(found))
         return 0
-    conn = await connect(settings.database_url(args.service))
+    conn = await reach.database(settings, args.service)
     try:
         done = await (retry if args.action == "retry" else drop)(conn, args.id)
     finally:
         await conn.close()
     if not done:
-        print(f"no parked outbox row {args.id} in {args.service}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no parked outbox row {args.id} in {args.service}")
     what = "back in the outbox" if args.action == "retry" else "dropped: its message is never sent"
     print(f"{args.service} #{args.id} {what}")
     return 0
