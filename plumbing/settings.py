@@ -4,9 +4,10 @@ The variable names are the ones the Kubernetes manifests set; the defaults work
 against the local RabbitMQ and PostgreSQL of a development machine.
 """
 
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plumbing import retention
@@ -19,6 +20,11 @@ class ProcessSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
     amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL, vhost included.")
+    amqp_password: SecretStr | None = Field(
+        None,
+        description="RabbitMQ password, kept out of AMQP_URL: when set it is put into the URL percent-encoded, so "
+        "any password works (the manifests take it from a Secret as it is).",
+    )
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:5432/postgres",
         description="This process's own PostgreSQL database; no process reads another's.",
@@ -66,7 +72,30 @@ class ProcessSettings(BaseSettings):
         "window; below retention.RETENTION_FLOOR_HOURS (24) the process refuses to start.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _password_into_amqp_url(cls, data: Any) -> Any:
+        """Before validation (the model is frozen): whatever reads amqp_url (the Broker) gets the full URL."""
+        password = data.get("amqp_password") if isinstance(data, dict) else None
+        if password:
+            secret = password.get_secret_value() if isinstance(password, SecretStr) else str(password)
+            url = data.get("amqp_url") or cls.model_fields["amqp_url"].default
+            data = {**data, "amqp_url": amqp_url_with_password(url, secret)}
+        return data
+
     @field_validator("inbox_retention_hours")
     @classmethod
     def _inbox_retention_covers_redelivery(cls, hours: float) -> float:
         return retention.check("INBOX_RETENTION_HOURS", hours)
+
+
+def amqp_url_with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` as its password, percent-encoded: '@', '/', ':' or '%' in it stay the password's.
+
+    The user name must be in the URL already (it comes from the broker's Secret as ``$(AMQP_USERNAME)``)."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    if not at or not user:
+        raise ValueError("AMQP_PASSWORD is set but AMQP_URL names no user (amqp://USER@host:port/vhost)")
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{hostport}"))

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +50,24 @@ def kubectl() -> str:
 
 
 def build(overlay: str) -> list[Obj]:
-    """``kubectl kustomize deploy/k8s/<overlay>``, parsed."""
+    """``kubectl kustomize deploy/k8s/<overlay>``, parsed (``"."``: deploy/k8s itself)."""
     result = subprocess.run(
         [kubectl(), "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=120, check=False
     )
     if result.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {overlay} failed:\n{result.stderr}")
     return [o for o in yaml.safe_load_all(result.stdout) if o]
+
+
+def build_with_components(*components: str) -> list[Obj]:
+    """The base with optional components (``components/<name>``), as an overlay adding them would build it."""
+    listed = "".join(f"  - ../../components/{c}\n" for c in (*components, "recommended-labels"))
+    with tempfile.TemporaryDirectory(dir=K8S, prefix=".test.") as scratch:
+        (Path(scratch) / "with").mkdir()
+        (Path(scratch) / "with/kustomization.yaml").write_text(
+            f"namespace: orderflow\nresources: [../../base]\ncomponents:\n{listed}"
+        )
+        return build(str(Path(scratch) / "with"))
 
 
 # -- the image ---------------------------------------------------------------------------------------------

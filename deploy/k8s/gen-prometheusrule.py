@@ -4,7 +4,9 @@
 Kustomize cannot turn a rules file into a PrometheusRule's spec, nor read files outside a kustomization's
 directory, so this writes both into deploy/k8s/base/monitoring/:
 
-- prometheusrule.yaml: the rules file's text, indented under ``spec:`` (comments kept), in a PrometheusRule;
+- prometheusrule.yaml: the rules file's text, indented under ``spec:`` (comments kept), in a PrometheusRule
+  whose annotation orderflow.io/runbook-base-url holds the runbook links' common base (RUNBOOK_BASE_URL), which
+  components/runbook-base-url changes (a kustomize patch and replacement);
 - grafana-dashboard.json: a byte-for-byte copy, which base/monitoring's configMapGenerator turns into the
   dashboard ConfigMap.
 
@@ -31,8 +33,25 @@ metadata:
   name: orderflow
   labels:
     app.kubernetes.io/part-of: orderflow
+  annotations:
+    # RUNBOOK_BASE_URL: every runbook_url below is this, "#", a section of docs/runbook.md.
+    orderflow.io/runbook-base-url: {base}
 spec:
 """
+
+
+def runbook_base(document: dict) -> str:
+    """The base every runbook_url shares (the part before '#'): there must be exactly one, absolute."""
+    urls = [
+        rule["annotations"]["runbook_url"]
+        for group in document["groups"]
+        for rule in group["rules"]
+        if "runbook_url" in rule.get("annotations", {})
+    ]
+    bases = {url.partition("#")[0] for url in urls}
+    if len(bases) != 1 or not all("#" in url for url in urls) or not next(iter(bases)).startswith("https://"):
+        raise SystemExit(f"{RULES}: every runbook_url must be one https:// base, '#', a section; found {sorted(bases)}")
+    return bases.pop()
 
 
 def prometheus_rule(rules_text: str) -> str:
@@ -41,7 +60,7 @@ def prometheus_rule(rules_text: str) -> str:
     if not isinstance(document, dict) or set(document) != {"groups"}:
         raise SystemExit(f"{RULES}: expected a rules file whose only top-level key is 'groups'")
     body = "".join(("  " + line if line.strip() else line) for line in rules_text.splitlines(keepends=True))
-    text = HEADER + body + ("" if body.endswith("\n") else "\n")
+    text = HEADER.format(base=runbook_base(document)) + body + ("" if body.endswith("\n") else "\n")
     if yaml.safe_load(text)["spec"] != document:  # the indentation kept the meaning
         raise SystemExit(f"{RULES}: wrapping changed the rules; is the file indented consistently?")
     return text

@@ -5,13 +5,15 @@ kubelet would (tests/manifests_support.py): the migrations Job to completion, th
 containers and containers, with exactly the declared command, args and environment. Each must become ready
 on its readiness probe's path and port, serve metrics on the port the ServiceMonitor names, and together
 they must complete an order published to the broker. The other tests check what a run cannot show: every
-variable a manifest sets is one the code reads, pods outlast their drain, the Compose file mirrors the
-overlay, and the monitoring objects are generated from deploy/monitoring.
+variable a manifest sets is one the code reads (the optional components' too), pods outlast their drain, the
+Compose file mirrors the overlay, the monitoring objects are generated from deploy/monitoring, labels follow
+Kubernetes' conventions, deploy/k8s itself is no local overlay, and KEDA scales every consumer queue.
 """
 
 import asyncio
 import contextlib
 import importlib.util
+import inspect
 import json
 import re
 import socket
@@ -21,6 +23,7 @@ import urllib.error
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
@@ -34,6 +37,7 @@ from manifests_support import (
     Manifests,
     Started,
     build,
+    build_with_components,
     declared_env,
     label_selector_matches,
     local_path,
@@ -48,6 +52,7 @@ from manifests_support import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from contracts.asyncapi import consumer_queues
 from devservers.smtp_sink import messages
 from orderctl.client import OutcomeListener
 from orderctl.config import SERVICES, CtlSettings
@@ -69,9 +74,30 @@ def local_overlay() -> Manifests:
     return Manifests(build("overlays/local"))
 
 
-@pytest.fixture(scope="module", params=["overlays/local", "overlays/production", "overlays/external"])
+BUILDS: dict[str, Any] = {
+    "overlays/local": lambda: build("overlays/local"),
+    "overlays/production": lambda: build("overlays/production"),
+    "overlays/external": lambda: build("overlays/external"),
+    "deploy/k8s": lambda: build("."),
+    "base+keda+otel": lambda: build_with_components("keda", "otel"),
+}
+
+
+@pytest.fixture(scope="module", params=list(BUILDS))
 def overlay(request: pytest.FixtureRequest) -> Manifests:
-    return Manifests(build(request.param))
+    return Manifests(BUILDS[request.param]())
+
+
+def library_env() -> set[str]:
+    """Variables the libraries read themselves, each checked against the installed library.
+
+    PGPASSWORD: asyncpg's (libpq's name), the password when the URL holds none. OTEL_*: the OpenTelemetry
+    SDK's and its OTLP exporter's (components/otel)."""
+    import asyncpg.connect_utils
+    from opentelemetry.sdk import environment_variables
+
+    found = {"PGPASSWORD"} if "'PGPASSWORD'" in inspect.getsource(asyncpg.connect_utils) else set()
+    return found | {v for k, v in vars(environment_variables).items() if k.startswith("OTEL_") and isinstance(v, str)}
 
 
 def program(container: dict, image_entrypoint: list[str]) -> str:
@@ -95,11 +121,11 @@ def settings_class(process: str) -> type[ProcessSettings]:
 def env_read_by(name: str) -> set[str]:
     """The environment variables the program run as ``name`` reads."""
     if name in PROCESSES:
-        return {field.upper() for field in settings_class(name).model_fields}
+        return {field.upper() for field in settings_class(name).model_fields} | library_env()
     entrypoint_vars = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", ENTRYPOINT.read_text()))
     if name in ("migrate", "orderctl"):
         prefix = CtlSettings.model_config.get("env_prefix", "")
-        return {prefix + field.upper() for field in CtlSettings.model_fields} | entrypoint_vars
+        return {prefix + field.upper() for field in CtlSettings.model_fields} | entrypoint_vars | library_env()
     # A development server: the names its entry module (as docker/entrypoint.sh runs it) spells out.
     found = re.search(rf"^\s*{re.escape(name)}\)\s*\n\s*exec python -m (\S+)", ENTRYPOINT.read_text(), re.M)
     assert found, f"docker/entrypoint.sh runs no module as {name!r}"
@@ -120,6 +146,48 @@ def test_monitoring_objects_are_generated_from_deploy_monitoring() -> None:
         [sys.executable, str(K8S / "gen-prometheusrule.py"), "--check"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_labels_follow_the_conventions_and_selectors_match(overlay: Manifests, tmp_path: Path) -> None:
+    built = tmp_path / "built.yaml"
+    built.write_text(yaml.safe_dump_all(overlay.objects))
+    result = subprocess.run(
+        [sys.executable, str(K8S / "check-labels.py"), str(built)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_root_is_the_production_shape_not_the_local_overlay() -> None:
+    """A GitOps tool pointed at deploy/k8s must deploy neither the development servers nor known passwords."""
+    root = Manifests(build("."))
+    assert not root.of_kind("Secret"), [s["metadata"]["name"] for s in root.of_kind("Secret")]
+    components = {pod_labels(w).get("app.kubernetes.io/component") for w in root.workloads()}
+    assert components == set(PROCESSES) | {"migrate"}, components
+    assert not root.of_kind("RabbitmqCluster") and not root.of_kind("Cluster")
+
+
+def test_keda_scales_every_consumer_on_its_queues() -> None:
+    """Each queue of contracts.asyncapi.consumer_queues() is a trigger of the ScaledObject of the Deployment
+    consuming it, in queueLength mode; KEDA's ScaledObjects replace the CPU autoscalers (never both)."""
+    manifests = Manifests(build_with_components("keda"))
+    assert not manifests.of_kind("HorizontalPodAutoscaler"), "KEDA owns the HPAs: the base's must go"
+    deployments = {d["metadata"]["name"] for d in manifests.of_kind("Deployment")}
+    scaled: dict[str, set[str]] = {}
+    for scaled_object in manifests.of_kind("ScaledObject"):
+        target = scaled_object["spec"]["scaleTargetRef"]["name"]
+        assert target in deployments, target
+        assert scaled_object["spec"]["minReplicaCount"] >= 1, f"{target}: its outbox relay must keep running"
+        for trigger in scaled_object["spec"]["triggers"]:
+            if trigger["type"] == "rabbitmq":
+                assert trigger["metadata"]["mode"] == "QueueLength", trigger
+                assert trigger["authenticationRef"]["name"] in {
+                    a["metadata"]["name"] for a in manifests.of_kind("TriggerAuthentication")
+                }
+                scaled.setdefault(target, set()).add(trigger["metadata"]["queueName"])
+    expected: dict[str, set[str]] = {}
+    for queue in consumer_queues():
+        expected.setdefault(f"orderflow-{queue.split('.', 1)[0]}", set()).add(queue)
+    assert scaled == expected
 
 
 def test_every_variable_a_manifest_sets_is_read_by_the_code(overlay: Manifests) -> None:
@@ -175,7 +243,7 @@ def test_compose_mirrors_the_local_overlay(local_overlay: Manifests) -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
     image = read_dockerfile()
     provided = local_overlay.operator_secrets(DUMMY_CREDENTIALS, DUMMY_CREDENTIALS)
-    connection = re.compile(r"(_URL|_HOST|_BASE|_KEY|_SECRET|_PASSWORD|_USERNAME)$")
+    connection = re.compile(r"(_URL|_HOST|_BASE|_KEY|_SECRET|PASSWORD|_USERNAME)$")  # PGPASSWORD too
 
     def compose_env(service: dict) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -190,7 +258,7 @@ def test_compose_mirrors_the_local_overlay(local_overlay: Manifests) -> None:
     for workload in local_overlay.workloads():
         container = pod_spec(workload)["containers"][0]
         name = program(container, image.entrypoint)
-        service = compose.get(pod_labels(workload)["app.kubernetes.io/name"])
+        service = compose.get(pod_labels(workload)["app.kubernetes.io/component"])
         assert service is not None, f"docker-compose.yml has no service for {workload['metadata']['name']}"
         assert service["command"] == container["args"], f"{name}: compose runs {service['command']}"
         k8s = {v.name: v.value for v in declared_env(container, local_overlay, provided)}
@@ -364,7 +432,7 @@ async def run_and_check(manifests: Manifests, local: Localizer, kubelet: Kubelet
                     if s.name == "orderflow_ready"
                 ]
                 assert ready == [1.0], f"{service['metadata']['name']}: orderflow_ready {ready}"
-                scraped.add(service["spec"]["selector"]["app.kubernetes.io/name"])
+                scraped.add(service["spec"]["selector"]["app.kubernetes.io/component"])
     assert scraped == set(PROCESSES), f"the ServiceMonitor scrapes {scraped}, not every process"
 
     # 5. An order published to the broker completes, with the email at the SMTP sink and the SMS at the SMS API.

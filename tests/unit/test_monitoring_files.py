@@ -101,10 +101,11 @@ def test_every_runbook_url_names_a_section_of_the_runbook() -> None:
     anchors = {re.sub(r"[^a-z0-9 _-]", "", h.lower()).replace(" ", "-") for h in headings}
     urls = re.findall(r"runbook_url:\s*(\S+)", RULES.read_text())
     assert len(urls) == len(alerts()), "every alert has a runbook_url"
-    for url in urls:
-        path, _, anchor = url.partition("#")
-        assert path == "docs/runbook.md"
+    for url in urls:  # absolute: RUNBOOK_BASE_URL#section (docs/deploy.md, components/runbook-base-url)
+        base, _, anchor = url.partition("#")
+        assert base.startswith("https://") and base.endswith("/docs/runbook.md"), url
         assert anchor in anchors, f"{url}: no such heading in docs/runbook.md"
+    assert len({url.partition("#")[0] for url in urls}) == 1, "one RUNBOOK_BASE_URL for every link"
 
 
 def test_dashboard_has_a_uid_and_a_prometheus_datasource_variable() -> None:
@@ -125,7 +126,7 @@ def test_dashboard_shows_each_of_the_guides_five_figures() -> None:
         "orderflow:compensation_rate:ratio1h",
         "orderflow:retry_rate:ratio1h",
         "orderflow:timeout_rate:ratio1h",
-        'orderflow_sagas_finished_total{status="FAILED_CRITICAL"}',
+        'orderflow_sagas_finished_total{cluster=~"$cluster", namespace=~"$namespace", status="FAILED_CRITICAL"}',
         "orderflow:notification_failure_rate:ratio1h",
     ]:
         assert figure in exprs
