@@ -22,6 +22,7 @@ from orderctl import commands
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.errors import EXIT_CODES, INTERRUPTED, OK, USAGE, describe
 from orderctl.outbox import cmd_outbox
+from orderctl.workflows import cmd_workflow
 
 
 class Parser(argparse.ArgumentParser):
@@ -202,6 +203,18 @@ def parser() -> argparse.ArgumentParser:
         ob_action.add_argument("id", type=int, help="the row's id, as `orderctl outbox parked` shows it")
         ob_action.add_argument("--service", required=True, choices=services, help="the database that holds the row")
     ob.set_defaults(run=cmd_outbox)
+
+    w = command(sub, "workflow", "the stored workflow definitions: versions, sagas on each, JSON, differences")
+    w_sub = w.add_subparsers(dest="action", required=True, metavar="ACTION")
+    json_flag(command(w_sub, "list", "every stored version, newest first, with its sagas and those still running"))
+    w_show = command(w_sub, "show", "print a stored definition's JSON")
+    w_show.add_argument("name", help="the workflow's name, e.g. order")
+    w_show.add_argument("version", nargs="?", help="a version from `orderctl workflow list` (default: the newest)")
+    w_diff = command(w_sub, "diff", "what changed between two stored versions (a unified diff of their JSON)")
+    w_diff.add_argument("name", help="the workflow's name, e.g. order")
+    w_diff.add_argument("v1", help="the older version")
+    w_diff.add_argument("v2", help="the newer version")
+    w.set_defaults(run=cmd_workflow)
 
     k = command(sub, "completion", "print a shell completion script (see docs/operations.md)")
     k.add_argument("shell", choices=["bash", "zsh"], help="the shell the script is for")

@@ -7,6 +7,9 @@ timeout, a lower delivery limit, and helpers to drive and inspect orders.
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
@@ -127,3 +130,32 @@ async def outcome_of(listener: OutcomeListener, order_id: str, timeout: float = 
 
 def order_url(stack: Stack, order_id: str) -> str:
     return f"http://127.0.0.1:{stack.port('orchestrator')}/orders/{urllib.parse.quote(order_id, safe='')}"
+
+
+# -- orderctl as a person runs it ---------------------------------------------------------------------
+def ctl_env(settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "ORDERFLOW_AMQP_URL": settings.amqp_url,
+            "ORDERFLOW_ADMIN_DATABASE_URL": settings.admin_database_url,
+            "ORDERFLOW_BASE_HTTP_PORT": str(settings.base_http_port),
+            "ORDERFLOW_STRIPE_PORT": str(settings.stripe_port),
+            "ORDERFLOW_SMTP_PORT": str(settings.smtp_port),
+            "ORDERFLOW_MAILDIR": str(settings.maildir),
+        }
+    )
+    for service in ("orchestrator", "inventory", "payment", "orders", "notify"):
+        env[f"ORDERFLOW_{service.upper()}_DATABASE_URL"] = settings.database_url(service)
+    return env
+
+
+def orderctl(settings, *args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orderctl", *args],
+        env=ctl_env(settings),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -14,37 +14,9 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from harness import Stack, drop_databases, fresh_vhost, settings_for
+from harness import Stack, drop_databases, fresh_vhost, orderctl, settings_for
 
 pytestmark = pytest.mark.e2e
-
-
-def ctl_env(settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "ORDERFLOW_AMQP_URL": settings.amqp_url,
-            "ORDERFLOW_ADMIN_DATABASE_URL": settings.admin_database_url,
-            "ORDERFLOW_BASE_HTTP_PORT": str(settings.base_http_port),
-            "ORDERFLOW_STRIPE_PORT": str(settings.stripe_port),
-            "ORDERFLOW_SMTP_PORT": str(settings.smtp_port),
-            "ORDERFLOW_MAILDIR": str(settings.maildir),
-        }
-    )
-    for service in ("orchestrator", "inventory", "payment", "orders", "notify"):
-        env[f"ORDERFLOW_{service.upper()}_DATABASE_URL"] = settings.database_url(service)
-    return env
-
-
-def orderctl(settings, *args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orderctl", *args],
-        env=ctl_env(settings),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_stock_submit_and_status(stack: Stack, tmp_path: Path) -> None:

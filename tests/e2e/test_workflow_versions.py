@@ -11,7 +11,19 @@ from pathlib import Path
 import aio_pika
 import pytest
 from faults_support import private_stack
-from harness import Stack, db, eventually, http_json, is_ready, new_id, order_body, order_url, outcome_of, seed
+from harness import (
+    Stack,
+    db,
+    eventually,
+    http_json,
+    is_ready,
+    new_id,
+    order_body,
+    order_url,
+    orderctl,
+    outcome_of,
+    seed,
+)
 
 from orchestrator import definition
 from orchestrator.versions import version_of
@@ -126,3 +138,15 @@ async def test_sagas_in_flight_finish_on_their_version_and_new_ones_start_on_the
         finally:
             await conn.close()
         assert stored == {version_1, version_2}
+
+        # What an operator sees: both versions with their sagas, one's JSON, and what changed.
+        listed = await asyncio.to_thread(orderctl, stack.settings, "workflow", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        sagas = {v["version"]: v["sagas"] for v in json.loads(listed.stdout)}
+        assert sagas == {version_1: 2, version_2: 1}
+        shown = await asyncio.to_thread(orderctl, stack.settings, "workflow", "show", "order", version_1)
+        assert shown.returncode == 0 and "RecordedForAudit" not in json.loads(shown.stdout)["States"]
+        diff = await asyncio.to_thread(orderctl, stack.settings, "workflow", "diff", "order", version_1, version_2)
+        assert diff.returncode == 0 and '+    "RecordedForAudit": {' in diff.stdout, diff.stdout
+        missing = await asyncio.to_thread(orderctl, stack.settings, "workflow", "show", "order", "nosuchversion")
+        assert missing.returncode == 1 and "no version 'nosuchversion'" in missing.stderr
