@@ -8,6 +8,10 @@ FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
+# The lock (scripts/lock): every package and the build backend pinned with hashes; then Orderflow itself,
+# resolving and fetching nothing more.
+COPY requirements/app.txt ./requirements/
+RUN /opt/venv/bin/pip install --no-compile --require-hashes -r requirements/app.txt
 COPY pyproject.toml ./
 COPY plumbing ./plumbing
 COPY contracts ./contracts
@@ -15,7 +19,7 @@ COPY orchestrator ./orchestrator
 COPY services ./services
 COPY orderctl ./orderctl
 COPY devservers ./devservers
-RUN /opt/venv/bin/pip install --no-compile . \
+RUN /opt/venv/bin/pip install --no-compile --no-deps --no-build-isolation . \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
