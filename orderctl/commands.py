@@ -294,7 +294,7 @@ async def cmd_dlq(settings: CtlSettings, args: argparse.Namespace) -> int:
     elif args.action == "replay":
         from orderctl.dlq_check import saga_check
 
-        check = None if args.force else saga_check(settings.orchestrator_database_url, args.queue)
+        check = None if args.force else saga_check(settings.database_url("orchestrator"), args.queue)
         chosen = None if args.all else ids
         done = await dlq.replay(settings.amqp_url, args.queue, chosen, check=check, drop_skipped=args.drop_skipped)
         for letter in done.replayed:

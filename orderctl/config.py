@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.main import MIGRATIONS as ORCHESTRATOR_MIGRATIONS
+from plumbing.db import with_password
 from plumbing.migrations import MigrationSet
 from services.inventory.main import MIGRATIONS as INVENTORY_MIGRATIONS
 from services.notify.main import MIGRATIONS as NOTIFY_MIGRATIONS
@@ -48,6 +49,13 @@ class CtlSettings(BaseSettings):
     payment_database_url: str = _local("payment")
     orders_database_url: str = _local("orders")
     notify_database_url: str = _local("notify")
+    # Each role's password on its own (a Kubernetes Secret's value as it is): `orderctl migrate` creates the role
+    # with it and connects with it, percent-encoded into the role's URL, so any password works.
+    orchestrator_database_password: SecretStr | None = None
+    inventory_database_password: SecretStr | None = None
+    payment_database_password: SecretStr | None = None
+    orders_database_password: SecretStr | None = None
+    notify_database_password: SecretStr | None = None
     base_http_port: int = 8000
     stripe_port: int = 12111
     smtp_port: int = 8025
@@ -67,7 +75,9 @@ class CtlSettings(BaseSettings):
     )
 
     def database_url(self, service: str) -> str:
-        return getattr(self, f"{service}_database_url")
+        url = getattr(self, f"{service}_database_url")
+        password: SecretStr | None = getattr(self, f"{service}_database_password", None)
+        return with_password(url, password.get_secret_value()) if password is not None else url
 
     def http_port(self, service: str) -> int:
         spec = next(s for s in SERVICES if s.name == service)

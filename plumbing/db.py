@@ -1,7 +1,7 @@
 """PostgreSQL pool creation and database provisioning."""
 
 import json
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -42,6 +42,14 @@ def role_name(dsn: str) -> str:
     return urlsplit(dsn).username or ""
 
 
+def with_password(dsn: str, password: str) -> str:
+    """``dsn`` with ``password`` in it, percent-encoded: any password survives the URL (asyncpg decodes it)."""
+    parts = urlsplit(dsn)
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+
+
 def with_database(dsn: str, database: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path="/" + database))
@@ -59,7 +67,8 @@ async def ensure_database(admin_dsn: str, dsn: str) -> bool:
     from PUBLIC. Returns True when the database was created.
     """
     database, role = database_name(dsn), role_name(dsn)
-    password = urlsplit(dsn).password
+    # A URL carries its password percent-encoded (with_password): the role gets the password itself.
+    password = unquote(urlsplit(dsn).password or "")
     admin = await asyncpg.connect(admin_dsn)
     try:
         if role and not await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
