@@ -72,8 +72,17 @@ class PricedLine(Contract):
     lineTotal: Money
 
 
+EMAIL_PATTERN = (
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
+
+
 class Customer(Contract):
-    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
+    # One mailbox, nothing an SMTP library could read as a list or a header: the local part without spaces,
+    # quotes, commas, semicolons or brackets (RFC 5322's specials), the domain dot-separated letters, digits
+    # and hyphens (a host name).
+    email: str = Field(pattern=EMAIL_PATTERN, max_length=254, description="One address, e.g. ada@example.com.")
     phone: str | None = Field(None, pattern=r"^\+?[0-9 ()-]{6,20}$")
 
 
