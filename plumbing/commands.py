@@ -48,30 +48,32 @@ def command_route(
         if deadline is not None and now > deadline:
             metrics.COMMANDS_EXPIRED.labels(ctx.queue, ctx.envelope.type).inc()
             cause = f"deadline {deadline.isoformat()} passed {(now - deadline).total_seconds():.3f} s ago"
-            await _fail(ctx, error=NamedError(cause, name=COMMAND_EXPIRED))
+            await fail(ctx, error=NamedError(cause, name=COMMAND_EXPIRED))
             return
         fault = ctx.faults.match(ctx.envelope) if ctx.faults else None
         if fault is not None:
             log.warning("injected fault", extra={"fields": {"error": fault.error}})
             if fault.error == NO_REPLY:
                 return  # handled as lost: the requester's timeout decides
-            await _fail(ctx, error=NamedError(fault.cause, name=fault.error))
+            await fail(ctx, error=NamedError(fault.cause, name=fault.error))
             return
         try:
             result = await handler(ctx, command)
         except NamedError as error:
-            raise Rollback(functools.partial(_fail, error=error)) from error
+            raise Rollback(functools.partial(fail, error=error)) from error
         except (asyncpg.PostgresError, OSError) as exc:
             transient = classify_transient(exc)
             if transient is None or transient.error_name == DB_CONNECTION:
                 raise  # not ours to answer: the consumer holds or requeues the delivery
-            raise Rollback(functools.partial(_fail, error=transient)) from exc
+            raise Rollback(functools.partial(fail, error=transient)) from exc
         if result is not None:
             await ctx.reply(result)
 
     return Route(model, handle, needs_reply=True)
 
 
-async def _fail(ctx: MessageContext, *, error: NamedError) -> None:
+async def fail(ctx: MessageContext, *, error: NamedError) -> None:
+    """Reply ``CommandFailed`` for ``error`` in the handler's transaction (what it wrote stays, if it did not
+    roll back)."""
     log.info("command failed", extra={"fields": {"error": error.error_name, "cause": error.cause[:300]}})
     await ctx.reply(CommandFailed(Error=error.error_name, Cause=error.cause[:1000]))

@@ -132,6 +132,19 @@ def order_url(stack: Stack, order_id: str) -> str:
     return f"http://127.0.0.1:{stack.port('orchestrator')}/orders/{urllib.parse.quote(order_id, safe='')}"
 
 
+async def waiting_intent(stack: Stack, order_id: str) -> str:
+    """The PaymentIntent of an order whose ProcessPayment waits for the customer (3-D Secure)."""
+
+    async def pending() -> str | None:
+        conn = await db(stack.settings, "payment")
+        try:
+            return await conn.fetchval("SELECT payment_intent_id FROM pending_reply WHERE order_id = $1", order_id)
+        finally:
+            await conn.close()
+
+    return await eventually(pending, timeout=30, what="ProcessPayment waiting for the customer")
+
+
 # -- orderctl as a person runs it ---------------------------------------------------------------------
 def ctl_env(settings) -> dict[str, str]:
     env = dict(os.environ)

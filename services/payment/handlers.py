@@ -16,9 +16,9 @@ import asyncpg
 import stripe
 
 from contracts.payment import PaymentProcessed, PaymentRefunded, ProcessPayment, RefundPayment
+from plumbing.commands import fail
 from plumbing.consumer import MessageContext
-from plumbing.errors import Compensated, NamedError
-from plumbing.replies import CommandFailed
+from plumbing.errors import Compensated
 from services.payment import errors
 from services.payment.intents import CANCELABLE, outcome, plain
 from services.payment.money import from_minor, to_minor
@@ -47,13 +47,6 @@ async def save_payment(conn: asyncpg.Connection, order_id: str, intent: Any) -> 
 
 async def is_compensated(conn: asyncpg.Connection, order_id: str) -> bool:
     return bool(await conn.fetchval("SELECT 1 FROM payment_void WHERE order_id = $1", order_id))
-
-
-async def fail_keeping_records(ctx: MessageContext, error: NamedError) -> None:
-    """Answer a failure without rolling back what the handler wrote: the PaymentIntent's id must survive
-    a failure that came after the intent was created (a lost confirmation may have moved money)."""
-    log.info("command failed", extra={"fields": {"error": error.error_name, "cause": error.cause[:300]}})
-    await ctx.reply(CommandFailed(Error=error.error_name, Cause=error.cause[:1000]))
 
 
 @dataclass
@@ -97,12 +90,13 @@ class PaymentHandlers:
                 declined = getattr(getattr(exc, "error", None), "payment_intent", None)
                 if declined is not None:
                     await save_payment(ctx.conn, command.orderId, plain(declined))
-                await fail_keeping_records(ctx, errors.from_stripe(exc))
+                # No rollback: the intent's record must survive (a lost confirmation may have moved money).
+                await fail(ctx, error=errors.from_stripe(exc))
                 return None
             await save_payment(ctx.conn, command.orderId, intent)
         result = outcome(intent)
         if result.error is not None:
-            await fail_keeping_records(ctx, result.error)
+            await fail(ctx, error=result.error)  # the declined intent's record stays, as above
             return None
         if result.waiting:
             assert ctx.envelope.replyTo

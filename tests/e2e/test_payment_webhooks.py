@@ -11,8 +11,6 @@ import urllib.request
 import pytest
 from harness import (
     Stack,
-    db,
-    eventually,
     http_json,
     new_id,
     order_body,
@@ -21,6 +19,7 @@ from harness import (
     publish_raw,
     seed,
     stock_of,
+    waiting_intent,
 )
 
 pytestmark = pytest.mark.e2e
@@ -53,17 +52,6 @@ def fetch_event(stack: Stack, event_id: str) -> bytes:
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         return response.read()
-
-
-async def waiting_intent(stack: Stack, order_id: str) -> str:
-    async def pending():
-        conn = await db(stack.settings, "payment")
-        try:
-            return await conn.fetchval("SELECT payment_intent_id FROM pending_reply WHERE order_id = $1", order_id)
-        finally:
-            await conn.close()
-
-    return await eventually(pending, timeout=30, what="ProcessPayment waiting for the customer")
 
 
 async def test_3ds_payment_completed_by_signed_webhook(stack: Stack, channel, listener) -> None:

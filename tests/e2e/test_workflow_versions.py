@@ -23,6 +23,7 @@ from harness import (
     orderctl,
     outcome_of,
     seed,
+    waiting_intent,
 )
 
 from orchestrator import definition
@@ -46,17 +47,6 @@ def write_definitions(tmp: Path) -> tuple[Path, Path]:
     for path, document in zip(paths, (v1, v2), strict=True):
         path.write_text(json.dumps(document))
     return paths
-
-
-async def waiting_intent(stack: Stack, order_id: str) -> str:
-    async def pending() -> str | None:
-        conn = await db(stack.settings, "payment")
-        try:
-            return await conn.fetchval("SELECT payment_intent_id FROM pending_reply WHERE order_id = $1", order_id)
-        finally:
-            await conn.close()
-
-    return await eventually(pending, timeout=30, what="ProcessPayment waiting for the customer")
 
 
 async def view(stack: Stack, order_id: str) -> dict:
