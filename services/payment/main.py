@@ -73,7 +73,13 @@ def build(settings: PaymentSettings) -> Process:
             if process.relay is not None:
                 process.relay.nudge()
 
-        webhook_route(app, pool=pool, secret=settings.stripe_webhook_secret.get_secret_value(), on_committed=nudge)
+        webhook_route(
+            app,
+            pool=pool,
+            gateway=gateway,
+            secret=settings.stripe_webhook_secret.get_secret_value(),
+            on_committed=nudge,
+        )
 
     process.routes = routes
     process.retention_rules.append(

@@ -59,6 +59,7 @@ class StripeGateway:
             params = {**params, "page": page.next_page}
 
     async def retrieve(self, payment_intent_id: str) -> Any:
+        """The PaymentIntent as Stripe holds it now: what a webhook acts on, never the event's copy of it."""
         return await self.client.v1.payment_intents.retrieve_async(payment_intent_id)
 
     async def cancel(self, payment_intent_id: str, *, idempotency_key: str) -> Any:

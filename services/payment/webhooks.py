@@ -5,6 +5,12 @@ The Stripe-Signature header is verified with the endpoint secret by the SDK
 cannot be replayed); each event id is applied once, so a replayed event has
 no second effect. The deferred reply goes out through the outbox, in the same
 transaction as the payment's new status.
+
+An event is a notification, not the truth: the PaymentIntent it names is
+fetched from Stripe and only Stripe's answer is acted on, in every
+configuration, so a forged or stale body (even one signed with a leaked
+secret) cannot confirm an unpaid order. When that fetch fails the endpoint
+answers 503 before anything is recorded, so Stripe delivers the event again.
 """
 
 import logging
@@ -19,7 +25,8 @@ from plumbing.envelope import Envelope
 from plumbing.replies import CommandFailed
 from plumbing.topology import REPLIES_EXCHANGE
 from services.payment.handlers import save_payment
-from services.payment.intents import outcome
+from services.payment.intents import outcome, plain
+from services.payment.stripe_gateway import StripeGateway
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +35,17 @@ TOLERANCE_SECONDS = 300
 MAX_BODY = 512 * 1024
 
 
+class IntentUnavailable(Exception):
+    """Stripe could not be asked for the event's PaymentIntent: the event must be delivered again."""
+
+
 def webhook_route(
-    app: web.Application, *, pool: Callable[[], asyncpg.Pool], secret: str, on_committed: Callable[[], None]
+    app: web.Application,
+    *,
+    pool: Callable[[], asyncpg.Pool],
+    gateway: StripeGateway,
+    secret: str,
+    on_committed: Callable[[], None],
 ) -> None:
     async def receive(request: web.Request) -> web.Response:
         payload = await request.read()
@@ -45,7 +61,13 @@ def webhook_route(
             return web.json_response({"error": "invalid signature"}, status=400)
         except ValueError:
             return web.json_response({"error": "invalid payload"}, status=400)
-        applied = await apply_event(pool(), event)
+        try:
+            intent = await current_intent(gateway, event)
+        except IntentUnavailable as exc:
+            # Not a 2xx: Stripe retries the event (for up to 3 days); nothing was recorded, so the retry applies.
+            log.warning("webhook deferred", extra={"fields": {"event": event.id, "reason": str(exc)[:200]}})
+            return web.json_response({"error": "PaymentIntent could not be fetched from Stripe"}, status=503)
+        applied = await apply_event(pool(), event, intent) if intent is not None else False
         if applied:
             on_committed()
         return web.json_response({"received": True, "applied": applied})
@@ -53,11 +75,39 @@ def webhook_route(
     app.router.add_post("/webhooks/stripe", receive)
 
 
-async def apply_event(pool: asyncpg.Pool, event: stripe.Event) -> bool:
-    """Apply one verified event once; True when it answered a waiting ProcessPayment."""
+async def current_intent(gateway: StripeGateway, event: stripe.Event) -> dict | None:
+    """The PaymentIntent a handled event names, as Stripe holds it now; None for an event not handled here or
+    for an intent Stripe does not know (nothing to apply, and asking again will not change that)."""
     if event.type not in HANDLED:
-        return False
-    intent = event.data.object
+        return None
+    claimed = plain(event.data.object)
+    intent_id = claimed.get("id")
+    if not isinstance(intent_id, str) or not intent_id.startswith("pi_"):
+        log.warning("webhook names no PaymentIntent", extra={"fields": {"event": event.id}})
+        return None
+    try:
+        intent = plain(await gateway.retrieve(intent_id))
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            log.warning("webhook names an unknown PaymentIntent", extra={"fields": {"event": event.id}})
+            return None
+        raise IntentUnavailable(f"{type(exc).__name__}: {exc.user_message or exc}") from exc
+    except stripe.StripeError as exc:  # unreachable, 5xx, rate-limited, refused key: try again later
+        raise IntentUnavailable(f"{type(exc).__name__}: {exc.user_message or exc}") from exc
+    if intent.get("id") != intent_id:
+        raise IntentUnavailable(f"Stripe answered intent {intent.get('id')!r} for {intent_id!r}")
+    if claimed.get("status") != intent.get("status"):
+        # Normal when events arrive late or out of order; a forged body shows up here too.
+        log.info(
+            "webhook body differs from Stripe",
+            extra={"fields": {"event": event.id, "claimed": claimed.get("status"), "status": intent.get("status")}},
+        )
+    return intent
+
+
+async def apply_event(pool: asyncpg.Pool, event: stripe.Event, intent: dict) -> bool:
+    """Apply one verified event once, with ``intent`` as Stripe returned it (never the event's copy); True when
+    it answered a waiting ProcessPayment."""
     async with pool.acquire() as conn, conn.transaction():
         fresh = await conn.fetchval(
             "INSERT INTO webhook_event (event_id, type) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",

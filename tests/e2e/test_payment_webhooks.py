@@ -1,6 +1,7 @@
 """3-D Secure: a PaymentIntent that needs the customer does not fail the order; the saga waits for
 Stripe's signed webhook. The endpoint rejects what is unsigned, wrongly signed or stale, and a replayed
-event has no second effect."""
+event has no second effect. A correctly signed event is still only a notification: the endpoint acts on the
+PaymentIntent as Stripe returns it, and answers 503 (so Stripe delivers again) when Stripe cannot be asked."""
 
 import hashlib
 import hmac
@@ -9,8 +10,11 @@ import time
 import urllib.request
 
 import pytest
+from faults_support import add_stripe_fault
 from harness import (
     Stack,
+    db,
+    eventually,
     http_json,
     new_id,
     order_body,
@@ -52,6 +56,35 @@ def fetch_event(stack: Stack, event_id: str) -> bytes:
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         return response.read()
+
+
+def event_claiming(intent_id: str, status: str, event_type: str = "payment_intent.succeeded") -> bytes:
+    """An event body as an attacker (or a stale copy) would present it: any id, any status."""
+    return json.dumps(
+        {
+            "id": "evt_forged_" + new_id(""),
+            "object": "event",
+            "type": event_type,
+            "created": int(time.time()),
+            "data": {
+                "object": {
+                    "id": intent_id,
+                    "object": "payment_intent",
+                    "status": status,
+                    "amount": 800,
+                    "currency": "usd",
+                }
+            },
+        }
+    ).encode()
+
+
+async def recorded_events(stack: Stack, event_id: str) -> int:
+    conn = await db(stack.settings, "payment")
+    try:
+        return await conn.fetchval("SELECT count(*) FROM webhook_event WHERE event_id = $1", event_id)
+    finally:
+        await conn.close()
 
 
 async def test_3ds_payment_completed_by_signed_webhook(stack: Stack, channel, listener) -> None:
@@ -102,23 +135,7 @@ async def test_unsigned_wrongly_signed_and_stale_webhooks_are_rejected(stack: St
     order_id = new_id()
     await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)], "pm_card_authenticationRequired")).encode())
     intent_id = await waiting_intent(stack, order_id)
-    forged = json.dumps(
-        {
-            "id": "evt_forged_" + new_id(""),
-            "object": "event",
-            "type": "payment_intent.succeeded",
-            "created": int(time.time()),
-            "data": {
-                "object": {
-                    "id": intent_id,
-                    "object": "payment_intent",
-                    "status": "succeeded",
-                    "amount": 800,
-                    "currency": "usd",
-                }
-            },
-        }
-    ).encode()
+    forged = event_claiming(intent_id, "succeeded")
     secret = stack.settings.stripe_webhook_secret
     assert post_webhook(stack, forged, None)[0] == 400
     assert post_webhook(stack, forged, sign(forged, "whsec_wrong"))[0] == 400
@@ -131,3 +148,56 @@ async def test_unsigned_wrongly_signed_and_stale_webhooks_are_rejected(stack: St
         f"{stack.stripe_url}/_test/payment_intents/{intent_id}/authenticate", method="POST", body={"outcome": "succeed"}
     )
     assert (await outcome_of(listener, order_id))["status"] == "CONFIRMED"
+
+
+async def test_a_signed_event_is_checked_against_stripe_before_it_confirms_anything(
+    stack: Stack, channel, listener
+) -> None:
+    """Issue 15, item 3: a correctly signed payment_intent.succeeded for an intent Stripe says still
+    requires_action confirms nothing; while Stripe cannot be asked the endpoint answers 503 and records nothing;
+    the real completion confirms the order, even when Stripe fails the first fetch (the delivery is retried)."""
+    sku = new_id("sku-")
+    await seed(stack, {sku: (5, "8.00")})
+    order_id = new_id()
+    await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)], "pm_card_authenticationRequired")).encode())
+    intent_id = await waiting_intent(stack, order_id)
+    secret = stack.settings.stripe_webhook_secret
+    lie = event_claiming(intent_id, "succeeded")
+    lie_id = json.loads(lie)["id"]
+    intent_path = f"/v1/payment_intents/{intent_id}"
+
+    # Stripe unreachable for the fetch: an error status, so Stripe retries; the event id is not spent.
+    await add_stripe_fault(stack, status=503, method="GET", path_prefix=intent_path)
+    status, answer = post_webhook(stack, lie, sign(lie, secret))
+    assert status == 503, answer
+    assert await recorded_events(stack, lie_id) == 0
+
+    # Stripe answers requires_action: the body's "succeeded" is not believed.
+    status, answer = post_webhook(stack, lie, sign(lie, secret))
+    assert status == 200 and answer["applied"] is False, answer
+    _, view = http_json(order_url(stack, order_id))
+    assert view["status"] == "RUNNING" and view["currentStep"] == "ProcessPayment", view
+    assert await waiting_intent(stack, order_id) == intent_id  # still waiting for the customer
+    _, state = http_json(f"{stack.stripe_url}/_test/state")
+    assert not [c for c in state["charges"] if c.get("payment_intent") == intent_id]
+
+    # The customer authenticates; Stripe's first fetch by the endpoint fails, Stripe delivers again.
+    await add_stripe_fault(stack, status=500, method="GET", path_prefix=intent_path)
+    status, _ = http_json(
+        f"{stack.stripe_url}/_test/payment_intents/{intent_id}/authenticate", method="POST", body={"outcome": "succeed"}
+    )
+    assert status == 200
+    assert (await outcome_of(listener, order_id))["status"] == "CONFIRMED"
+    _, state = http_json(f"{stack.stripe_url}/_test/state")
+    assert [c["amount"] for c in state["charges"] if c.get("payment_intent") == intent_id] == [800]
+
+    async def retried_delivery() -> list[dict] | None:
+        _, now = http_json(f"{stack.stripe_url}/_test/state")
+        succeeded = {
+            e["id"] for e in now["events"] if e["type"] == "payment_intent.succeeded" and e["object_id"] == intent_id
+        }
+        found = [d for d in now["webhook_deliveries"] if d["event_id"] in succeeded and d["status"] == "delivered"]
+        return found or None
+
+    deliveries = await eventually(retried_delivery, timeout=10, what="the succeeded event delivered")
+    assert max(d["attempts"] for d in deliveries) >= 2, deliveries
