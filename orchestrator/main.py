@@ -1,25 +1,27 @@
-"""The orchestrator process: starts sagas, applies replies and timers, serves saga status."""
+"""The orchestrator process: starts sagas, applies replies and timers, serves saga status on its API port."""
 
 import asyncio
+import functools
 from typing import Any
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, model_validator
 
+from contracts import permissions
 from contracts.orders import OrderRejected, OrderRequested
 from contracts.registry import MESSAGES
 from orchestrator import definition, rejection
+from orchestrator.api import make_api_app
 from orchestrator.metrics import SAGAS_FAILED_CRITICAL, SAGAS_IN_FLIGHT, TIMERS_PARKED
 from orchestrator.runner import REPLY_KEY, Runner
 from orchestrator.state import ErrorOut, ReplyReceived
-from orchestrator.status import saga_view
 from orchestrator.timers import TimerLoop
 from plumbing import outbox
 from plumbing.consumer import MessageContext, Route
 from plumbing.envelope import Envelope
-from plumbing.http import SCRAPE_HOOKS
+from plumbing.http import SCRAPE_HOOKS, Site
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
 from plumbing.process import Process, QueueSpec, run_process
 from plumbing.replies import CommandFailed
@@ -41,7 +43,18 @@ MIGRATIONS = [
 class OrchestratorSettings(ProcessSettings):
     database_url: str = "postgresql://orderflow_orchestrator@127.0.0.1:5432/orderflow_orchestrator"
     http_port: int = 8000
+    api_host: str = Field("127.0.0.1", description="Address of the API (order data, bearer tokens).")
+    api_port: int = Field(
+        8080, description="Port of the API (GET /orders/{orderId}); never the same as HTTP_PORT, which is open."
+    )
     workflow_file: str = str(definition.DEFINITION_FILE)
+
+    @model_validator(mode="after")
+    def _api_port_of_its_own(self) -> "OrchestratorSettings":
+        # One port for both would put order data where metrics and health are served without credentials.
+        if self.api_port == self.http_port:
+            raise ValueError(f"API_PORT and HTTP_PORT are both {self.api_port}: the API needs a port of its own")
+        return self
 
 
 def build(settings: OrchestratorSettings) -> Process:
@@ -90,16 +103,6 @@ def build(settings: OrchestratorSettings) -> Process:
         await channel.close()
 
     def routes(app: web.Application) -> None:
-        async def get_order(request: web.Request) -> web.Response:
-            assert process.pool is not None
-            async with process.pool.acquire() as conn:
-                view = await saga_view(conn, request.match_info["order_id"])
-            if view is None:
-                return web.json_response({"error": "order not found"}, status=404)
-            return web.json_response(view)
-
-        app.router.add_get("/orders/{order_id}", get_order)
-
         async def count_in_flight() -> None:
             if process.pool is not None:
                 async with asyncio.timeout(2):
@@ -126,7 +129,15 @@ def build(settings: OrchestratorSettings) -> Process:
         )
         await loop.run()
 
-    reply_routes = {spec.model.__name__: Route(spec.model, on_reply) for spec in MESSAGES if spec.kind == "reply"}
+    # A reply must come from the service that may send its type (the AMQP user-id, which the broker checked).
+    sender_check = functools.partial(
+        permissions.sender_refusal, own_user=permissions.amqp_user(settings.amqp_url), own_process=process.name
+    )
+    reply_routes = {
+        spec.model.__name__: Route(spec.model, on_reply, sender_check=sender_check)
+        for spec in MESSAGES
+        if spec.kind == "reply"
+    }
     process.queues = [
         QueueSpec(
             queue=q_name("orchestrator", "order-requests"),
@@ -143,6 +154,7 @@ def build(settings: OrchestratorSettings) -> Process:
     ]
     process.on_start = declare_command_queues
     process.routes = routes
+    process.sites = [Site("api", lambda: make_api_app(lambda: process.pool), settings.api_host, settings.api_port)]
     process.background = [timer_loop]
     return process
 

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.main import MIGRATIONS as ORCHESTRATOR_MIGRATIONS
+from plumbing import production
 from plumbing.db import with_password
 from plumbing.migrations import MigrationSet
 from services.inventory.main import MIGRATIONS as INVENTORY_MIGRATIONS
@@ -57,6 +58,8 @@ class CtlSettings(BaseSettings):
     orders_database_password: SecretStr | None = None
     notify_database_password: SecretStr | None = None
     base_http_port: int = 8000
+    #: The orchestrator's API (bearer tokens), apart from its metrics and health on base_http_port.
+    orchestrator_api_port: int = 8080
     stripe_port: int = 12111
     smtp_port: int = 8025
     sms_port: int = 8026
@@ -73,6 +76,26 @@ class CtlSettings(BaseSettings):
         validation_alias=AliasChoices("STRIPE_API_BASE", "ORDERFLOW_STRIPE_API_BASE"),
         description="A Stripe-compatible server (the local one: http://127.0.0.1:12111); empty for api.stripe.com.",
     )
+
+    environment: production.Environment = Field(
+        "development",
+        description="ORDERFLOW_ENVIRONMENT, as the processes read it: production refuses development defaults.",
+    )
+
+    def refuse_development_defaults(self, *, only: str | None = None) -> None:
+        """In production, end ``orderctl migrate`` before it connects if a database URL it would use (the admin's,
+        and each migrated process's) lacks sslmode=verify-full: RefusedInProduction, one line, exit 1."""
+        if self.environment != "production":
+            return
+        services = [s.name for s in SERVICES if only in (None, s.name)]
+        production.refuse(
+            (
+                f"ORDERFLOW_{name.upper()}_DATABASE_URL",
+                getattr(self, f"{name}_database_url"),
+                production.database_without_verify_full,
+            )
+            for name in ["admin", *services]
+        )
 
     def database_url(self, service: str) -> str:
         url = getattr(self, f"{service}_database_url")

@@ -19,9 +19,11 @@ import shtab
 
 from orchestrator import definition
 from orderctl import commands
+from orderctl.broker_users import register as register_broker_users
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.errors import EXIT_CODES, INTERRUPTED, OK, USAGE, describe
 from orderctl.outbox import cmd_outbox
+from orderctl.tokens import add_parser as add_token_parser
 from orderctl.workflows import cmd_workflow
 
 
@@ -215,6 +217,10 @@ def parser() -> argparse.ArgumentParser:
     w_diff.add_argument("v1", help="the older version")
     w_diff.add_argument("v2", help="the newer version")
     w.set_defaults(run=cmd_workflow)
+
+    add_token_parser(sub, command, json_flag)
+
+    register_broker_users(sub, command)
 
     k = command(sub, "completion", "print a shell completion script (see docs/operations.md)")
     k.add_argument("shell", choices=["bash", "zsh"], help="the shell the script is for")

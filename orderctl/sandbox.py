@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from orchestrator import api_tokens
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.provision import migrate_all
 from orderctl.supervisor import Child, Supervisor, children
@@ -111,7 +112,8 @@ def settings_for(amqp_url: str, *, tmp: Path, prefix: str = "of_t", admin_dsn: s
     urls = {
         f"{s.name}_database_url": f"postgresql://orderflow_{s.name}@127.0.0.1:5432/{unique}_{s.name}" for s in SERVICES
     }
-    base = free_port_block(len(SERVICES) + 3)  # the processes, then the Stripe server, SMTP and SMS sinks
+    # The processes, then the Stripe server, SMTP and SMS sinks, then the orchestrator's API.
+    base = free_port_block(len(SERVICES) + 4)
     return CtlSettings(
         admin_database_url=admin_dsn,
         amqp_url=amqp_url,
@@ -119,6 +121,7 @@ def settings_for(amqp_url: str, *, tmp: Path, prefix: str = "of_t", admin_dsn: s
         stripe_port=base + len(SERVICES),
         smtp_port=base + len(SERVICES) + 1,
         sms_port=base + len(SERVICES) + 2,
+        orchestrator_api_port=base + len(SERVICES) + 3,
         maildir=tmp / "maildir",
         **urls,
     )
@@ -163,6 +166,16 @@ async def seed(stack: "Stack | CtlSettings", products: dict[str, tuple[int, str]
         await conn.close()
 
 
+async def create_api_token(settings: CtlSettings, role: str = "viewer", name: str | None = None) -> str:
+    """A new token for the installation's orchestrator API, as ``orderctl token create`` makes one."""
+    conn = await db(settings, "orchestrator")
+    try:
+        token, _ = await api_tokens.create(conn, role=role, name=name, created_by="sandbox")
+    finally:
+        await conn.close()
+    return token
+
+
 # -- processes -----------------------------------------------------------------------------------
 @dataclass
 class Stack:
@@ -171,6 +184,8 @@ class Stack:
     log_dir: Path
     workflow_file: str = ""
     trace_dir: Path | None = None
+    #: A viewer token for the orchestrator's API (``create_api_token``), when the stack's maker created one.
+    api_token: str = ""
 
     @property
     def sms_url(self) -> str:
@@ -182,6 +197,10 @@ class Stack:
 
     def port(self, service: str) -> int:
         return self.settings.http_port(service)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.orchestrator_api_port}"
 
     def logs(self, service: str) -> str:
         path = self.log_dir / f"{service}.log"
@@ -201,9 +220,12 @@ def stack_children(
     return children(settings, dev_servers=True, extra_env=merged)
 
 
-def http_json(url: str, *, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+def http_json(
+    url: str, *, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read() or b"null")

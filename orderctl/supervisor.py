@@ -96,6 +96,8 @@ def service_env(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if service == "orchestrator":
+        env["API_PORT"] = str(settings.orchestrator_api_port)
     if dev_servers and service == "payment":
         env["STRIPE_API_BASE"] = f"http://127.0.0.1:{settings.stripe_port}"
         env["STRIPE_WEBHOOK_SECRET"] = settings.stripe_webhook_secret

@@ -1,10 +1,12 @@
 """The HTTP side of a process: /metrics, /healthz (alive), /readyz (connected, not draining).
 
-Processes add their own routes (the orchestrator's order status, the payment
-webhook) to the same aiohttp application.
+Processes add their own routes (the payment webhook) to the same aiohttp application, or serve another
+application on a port of its own (a ``Site``: the orchestrator's authenticated API), so that what needs no
+credentials (metrics for the scraper, health for the kubelet) never shares a port with what does.
 """
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -13,6 +15,16 @@ ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, bool]]]]
 #: Refreshes gauges read from the database (sagas in flight) just before a scrape.
 ScrapeHook = Callable[[], Awaitable[None]]
 SCRAPE_HOOKS = web.AppKey("scrape_hooks", list)
+
+
+@dataclass(frozen=True)
+class Site:
+    """An HTTP application a process serves besides metrics and health, on its own address and port."""
+
+    name: str
+    build: Callable[[], web.Application]
+    host: str
+    port: int
 
 
 def make_app(ready: ReadyCheck) -> web.Application:

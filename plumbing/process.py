@@ -17,7 +17,7 @@ from plumbing.broker import Broker
 from plumbing.consumer import Consumer, RejectHook, Route
 from plumbing.db import create_pool
 from plumbing.faults import FaultPlan
-from plumbing.http import SCRAPE_HOOKS, make_app, serve
+from plumbing.http import SCRAPE_HOOKS, Site, make_app, serve
 from plumbing.logs import setup_logging
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
 from plumbing.relay import OutboxRelay
@@ -47,6 +47,8 @@ class Process:
     settings: ProcessSettings
     queues: list[QueueSpec] = field(default_factory=list)
     routes: Callable[[web.Application], None] | None = None
+    #: Applications served on ports of their own (the orchestrator's API), closed first when draining.
+    sites: list[Site] = field(default_factory=list)
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: Tables the service adds to bounded retention; the inbox is always purged (plumbing/retention.py).
     retention_rules: list[retention.Rule] = field(default_factory=list)
@@ -141,14 +143,18 @@ class Process:
         if self.routes is not None:
             self.routes(app)
         runner = await serve(app, self.settings.http_host, self.settings.http_port)
+        site_runners = [await serve(site.build(), site.host, site.port) for site in self.sites]
         await self.start()
         assert self.relay is not None
         tasks = [asyncio.create_task(self.relay.run(), name="outbox-relay")]
         tasks.append(asyncio.create_task(self._retain(), name="retention"))
         tasks += [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in self.background]
-        log.info("started", extra={"fields": {"http_port": self.settings.http_port}})
+        ports = {"http_port": self.settings.http_port, **{f"{site.name}_port": site.port for site in self.sites}}
+        log.info("started", extra={"fields": ports})
         await stop.wait()
         log.info("draining")
+        for site_runner in site_runners:  # no new request while the pool they use closes
+            await site_runner.cleanup()
         await self.shutdown(tasks)
         await runner.cleanup()
         shutdown_tracing()

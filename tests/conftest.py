@@ -10,6 +10,7 @@ from harness import (
     RABBITMQ_HOST_PORT,
     STACK_FAULTS,
     Stack,
+    create_api_token,
     create_databases,
     drop_databases,
     fresh_vhost,
@@ -52,6 +53,7 @@ async def stack(
     tmp = tmp_path_factory.mktemp("stack")
     settings = settings_for(amqp_url, tmp=tmp)
     await create_databases(settings)
+    api_token = await create_api_token(settings, "viewer", "tests")
     extra_env = {service: {"FAULTS": json.dumps(rules)} for service, rules in STACK_FAULTS.items()}
     workflow_file = str(short_timeout_workflow(tmp))
     extra_env["orchestrator"] = {"WORKFLOW_FILE": workflow_file}
@@ -66,6 +68,7 @@ async def stack(
         log_dir=tmp / "log",
         workflow_file=workflow_file,
         trace_dir=tmp / "traces",
+        api_token=api_token,
     )
     try:
         await wait_ready(running)

@@ -14,17 +14,19 @@ import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import asyncpg
 
-from orchestrator.definition import DEFINITION_FILE
+from orchestrator.definition import engine_document
 from orderctl import sandbox
 from orderctl.client import OutcomeListener
 from orderctl.config import CtlSettings
 from orderctl.sandbox import (  # noqa: F401 - re-exported: the tests import these names from harness
     ADMIN_DSN,
     Stack,
+    create_api_token,
     create_databases,
     db,
     drop_databases,
@@ -82,7 +84,7 @@ PAYMENT_TIMEOUT_SECONDS = 8
 
 
 def short_timeout_workflow(tmp: Path) -> Path:
-    document = json.loads(DEFINITION_FILE.read_text())
+    document = engine_document()
     document["States"]["ProcessPayment"]["TimeoutSeconds"] = PAYMENT_TIMEOUT_SECONDS
     path = tmp / "workflow.json"
     path.write_text(json.dumps(document))
@@ -129,7 +131,14 @@ async def outcome_of(listener: OutcomeListener, order_id: str, timeout: float = 
 
 
 def order_url(stack: Stack, order_id: str) -> str:
-    return f"http://127.0.0.1:{stack.port('orchestrator')}/orders/{urllib.parse.quote(order_id, safe='')}"
+    """GET /orders/{orderId} on the orchestrator's API port (it needs a bearer token: ``order_view``)."""
+    return f"{stack.api_url}/orders/{urllib.parse.quote(order_id, safe='')}"
+
+
+def order_view(stack: Stack, order_id: str, *, token: str | None = None) -> tuple[int, Any]:
+    """The saga view of an order as a client reads it: the stack's viewer token unless ``token`` is given."""
+    bearer = stack.api_token if token is None else token
+    return http_json(order_url(stack, order_id), headers={"Authorization": f"Bearer {bearer}"})
 
 
 async def waiting_intent(stack: Stack, order_id: str) -> str:

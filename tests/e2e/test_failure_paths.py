@@ -18,7 +18,7 @@ from harness import (
     http_json,
     new_id,
     order_body,
-    order_url,
+    order_view,
     outcome_of,
     publish_raw,
     seed,
@@ -55,7 +55,7 @@ async def test_order_record_failure_refunds_and_releases_in_parallel(stack: Stac
     assert await stock_of(stack, sku) == 5
     assert await charged_and_refunded(stack, order_id) == (1400, 1400)
 
-    _, view = http_json(order_url(stack, order_id))
+    _, view = order_view(stack, order_id)
     refund = next(s for s in view["steps"] if s["step"] == "RefundPayment")
     release = next(s for s in view["steps"] if s["step"] == "ReleaseInventory")
     assert refund["lane"] != release["lane"] and refund["outcome"] == release["outcome"] == "succeeded"
@@ -75,7 +75,7 @@ async def test_notification_failure_still_confirms_with_notification_error(stack
     outcome = await outcome_of(listener, order_id)
     assert outcome["status"] == "CONFIRMED" and outcome["_routingKey"] == "order.confirmed"
     assert outcome["notificationError"]["Error"] == "NotificationError"
-    _, view = http_json(order_url(stack, order_id))
+    _, view = order_view(stack, order_id)
     assert view["notificationError"]["Error"] == "NotificationError"
     assert await charged_and_refunded(stack, order_id) == (400, 0)
 
@@ -87,7 +87,7 @@ async def test_payment_timeout_then_success_on_retry_charges_once(stack: Stack, 
     await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)])).encode())
     outcome = await outcome_of(listener, order_id)
     assert outcome["status"] == "CONFIRMED"
-    _, view = http_json(order_url(stack, order_id))
+    _, view = order_view(stack, order_id)
     payments = [s for s in view["steps"] if s["step"] == "ProcessPayment"]
     assert [(p["attempt"], p["outcome"]) for p in payments] == [(1, "timed_out"), (2, "succeeded")]
     retry = next(h for h in view["history"] if h["event"] == "RetryScheduled" and h["state"] == "ProcessPayment")
@@ -118,7 +118,7 @@ async def test_failed_compensation_is_critical_and_redrive_finishes_it(stack: St
     assert "RefundPayment" in redrive.stdout
 
     async def compensated():
-        _, view = http_json(order_url(stack, order_id))
+        _, view = order_view(stack, order_id)
         return view if view["status"] == "FAILED_COMPENSATED" else None
 
     view = await eventually(compensated, timeout=60, what="the redriven saga to finish")
@@ -136,7 +136,7 @@ async def test_orchestrator_killed_mid_saga_finishes_after_restart(stack: Stack,
     await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)])).encode())
 
     async def waiting_on_payment():
-        status, view = http_json(order_url(stack, order_id))
+        status, view = order_view(stack, order_id)
         return status == 200 and view["currentStep"] == "ProcessPayment"
 
     await eventually(waiting_on_payment, timeout=30, what="the saga to reach ProcessPayment")
@@ -148,7 +148,7 @@ async def test_orchestrator_killed_mid_saga_finishes_after_restart(stack: Stack,
     outcome = await outcome_of(listener, order_id, timeout=90)
     assert orchestrator.restarts == restarts + 1
     assert outcome["status"] == "CONFIRMED"
-    _, view = http_json(order_url(stack, order_id))
+    _, view = order_view(stack, order_id)
     assert [s["step"] for s in view["steps"]] == [
         "CheckInventory",
         "ReserveInventory",

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Stack, create_databases, drop_databases, eventually, fresh_vhost, http_json, settings_for
+from harness import Stack, create_databases, drop_databases, eventually, fresh_vhost, order_view, settings_for
 from manifests_support import read_dockerfile
 
 from orderctl.config import SERVICES, CtlSettings
@@ -159,10 +159,13 @@ async def confirm_an_order(rootfs: Path, stack: Stack, ctl: dict[str, str], tmp_
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert f"{order_id}: CONFIRMED" in submitted.stdout
 
-    url = f"http://127.0.0.1:{stack.port('orchestrator')}/orders/{order_id.replace('#', '%23')}"
+    # A viewer's token from the image's orderctl, as an operator makes one in a pod (docs/operations.md).
+    made = await asyncio.to_thread(run_in_image, rootfs, ["orderctl", "token", "create", "--role", "viewer"], ctl)
+    assert made.returncode == 0, made.stderr
+    stack.api_token = made.stdout.strip()
 
     async def confirmed() -> bool:
-        status, view = await asyncio.to_thread(http_json, url)
+        status, view = await asyncio.to_thread(order_view, stack, order_id)
         return status == 200 and view.get("status") == "CONFIRMED"
 
     await eventually(confirmed, timeout=30, what=f"{order_id} CONFIRMED at the image's orchestrator")

@@ -30,7 +30,7 @@ from harness import (
     http_json,
     new_id,
     order_body,
-    order_url,
+    order_view,
     outcome_of,
     publish_raw,
     seed,
@@ -124,7 +124,7 @@ class Shop:
         return received - refunded
 
     async def saga(self, order_id: str) -> dict[str, Any]:
-        _, view = await asyncio.to_thread(http_json, order_url(self.stack, order_id))
+        _, view = await asyncio.to_thread(order_view, self.stack, order_id)
         return view
 
     async def record(self, order_id: str) -> asyncpg.Record | None:

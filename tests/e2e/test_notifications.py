@@ -4,7 +4,7 @@ local SMS server; an SMS the provider refuses leaves the order CONFIRMED with no
 import json
 
 import pytest
-from harness import Stack, db, eventually, http_json, new_id, order_body, outcome_of, publish_raw, seed
+from harness import Stack, db, eventually, http_json, new_id, order_body, order_view, outcome_of, publish_raw, seed
 
 from devservers.smtp_sink import messages
 
@@ -65,7 +65,7 @@ async def test_throttled_sms_is_retried_by_the_definition(stack: Stack, channel,
     await publish_raw(channel, json.dumps(body).encode())
     outcome = await outcome_of(listener, order_id, timeout=60)
     assert outcome["status"] == "CONFIRMED" and outcome["notificationError"] is None
-    _, view = http_json(f"http://127.0.0.1:{stack.port('orchestrator')}/orders/{order_id.replace('#', '%23')}")
+    _, view = order_view(stack, order_id)
     notify = [s for s in view["steps"] if s["step"] == "NotifyCustomer"]
     assert [(s["attempt"], s["outcome"], s["error"]) for s in notify] == [
         (1, "failed", "Service.Throttled"),

@@ -3,7 +3,6 @@ in the database of the service that owns it, at the Stripe-compatible server and
 
 import asyncio
 import json
-import urllib.parse
 import uuid
 from decimal import Decimal
 
@@ -16,6 +15,7 @@ from harness import (
     metric_value,
     new_id,
     order_body,
+    order_view,
     outcome_of,
     publish_raw,
     seed,
@@ -122,10 +122,8 @@ async def test_happy_path_confirms_with_effects_in_every_service(stack: Stack, c
         await conn.close()
     assert [(r["channel"], r["status"]) for r in sent] == [("email", "sent")]
 
-    # The orchestrator serves the saga, with ids like ORDER#123 URL-encoded.
-    status, view = http_json(
-        f"http://127.0.0.1:{stack.port('orchestrator')}/orders/{urllib.parse.quote(order_id, safe='')}"
-    )
+    # The orchestrator serves the saga on its API port, to a viewer's token, with ids like ORDER#123 URL-encoded.
+    status, view = order_view(stack, order_id)
     assert status == 200 and view["status"] == "CONFIRMED"
     assert [s["step"] for s in view["steps"]] == [
         "CheckInventory",
@@ -147,7 +145,7 @@ async def test_insufficient_stock_cancels_without_compensation(stack: Stack, cha
     assert outcome["status"] == "CANCELLED" and outcome["_routingKey"] == "order.cancelled"
     assert outcome["error"]["Error"] == "InsufficientStockError"
     assert await stock_of(stack, sku) == 3
-    _, view = http_json(f"http://127.0.0.1:{stack.port('orchestrator')}/orders/{urllib.parse.quote(order_id, safe='')}")
+    _, view = order_view(stack, order_id)
     assert [s["step"] for s in view["steps"]] == ["CheckInventory"]
 
 

@@ -18,7 +18,7 @@ from harness import (
     http_json,
     new_id,
     order_body,
-    order_url,
+    order_view,
     outcome_of,
     publish_raw,
     seed,
@@ -94,7 +94,7 @@ async def test_3ds_payment_completed_by_signed_webhook(stack: Stack, channel, li
     body = order_body(order_id, [(sku, 1)], "pm_card_authenticationRequired")
     await publish_raw(channel, json.dumps(body).encode())
     intent_id = await waiting_intent(stack, order_id)
-    _, view = http_json(order_url(stack, order_id))
+    _, view = order_view(stack, order_id)
     assert view["status"] == "RUNNING" and view["currentStep"] == "ProcessPayment"
 
     status, _ = http_json(
@@ -140,7 +140,7 @@ async def test_unsigned_wrongly_signed_and_stale_webhooks_are_rejected(stack: St
     assert post_webhook(stack, forged, None)[0] == 400
     assert post_webhook(stack, forged, sign(forged, "whsec_wrong"))[0] == 400
     assert post_webhook(stack, forged, sign(forged, secret, int(time.time()) - 3600))[0] == 400
-    _, view = http_json(order_url(stack, order_id))
+    _, view = order_view(stack, order_id)
     assert view["status"] == "RUNNING"  # nothing above reached the saga
 
     # The real completion still works afterwards.
@@ -175,7 +175,7 @@ async def test_a_signed_event_is_checked_against_stripe_before_it_confirms_anyth
     # Stripe answers requires_action: the body's "succeeded" is not believed.
     status, answer = post_webhook(stack, lie, sign(lie, secret))
     assert status == 200 and answer["applied"] is False, answer
-    _, view = http_json(order_url(stack, order_id))
+    _, view = order_view(stack, order_id)
     assert view["status"] == "RUNNING" and view["currentStep"] == "ProcessPayment", view
     assert await waiting_intent(stack, order_id) == intent_id  # still waiting for the customer
     _, state = http_json(f"{stack.stripe_url}/_test/state")

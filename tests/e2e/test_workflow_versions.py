@@ -19,7 +19,7 @@ from harness import (
     is_ready,
     new_id,
     order_body,
-    order_url,
+    order_view,
     orderctl,
     outcome_of,
     seed,
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.e2e
 def write_definitions(tmp: Path) -> tuple[Path, Path]:
     """v1: the deployed definition with a long payment window (the customer takes their time); v2: the same
     with a Pass state added after NotifyCustomer, as a release that adds a step would."""
-    v1 = json.loads(definition.DEFINITION_FILE.read_text())
+    v1 = definition.engine_document()
     v1["States"]["ProcessPayment"]["TimeoutSeconds"] = 300
     v2 = json.loads(json.dumps(v1))
     notify = v2["States"]["NotifyCustomer"]
@@ -50,7 +50,7 @@ def write_definitions(tmp: Path) -> tuple[Path, Path]:
 
 
 async def view(stack: Stack, order_id: str) -> dict:
-    _, found = await asyncio.to_thread(http_json, order_url(stack, order_id))
+    _, found = await asyncio.to_thread(order_view, stack, order_id)
     return found
 
 

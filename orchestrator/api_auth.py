@@ -1,0 +1,102 @@
+"""Authentication and authorization of the orchestrator's API: ``Authorization: Bearer <token>`` with a role.
+
+Every request to the API app passes ``bearer_auth`` unless its path is public (issue 17: the OpenAPI document
+and health). No token, or one that is malformed, unknown or revoked: 401 with ``WWW-Authenticate: Bearer``,
+the same answer for all of those, so nobody learns which tokens exist. Then the role: a route's handler may
+name the role it needs with ``@requires``; otherwise safe methods (GET, HEAD, OPTIONS) need ``viewer`` and
+anything else ``operator``, so a mutating route added later is closed to viewers without anyone remembering
+to say so. A viewer that posts gets 403. Only services in orchestrator/ use this: the domain services serve
+no API, so it lives here rather than in plumbing.
+"""
+
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from orchestrator.api_tokens import Principal, Role
+from orchestrator.problems import problem
+
+#: The authenticated principal of a request (``principal_of``).
+PRINCIPAL = web.RequestKey("orderflow_principal", Principal)
+#: Looks a presented token up: its principal, or None (malformed, unknown or revoked).
+TokenLookup = Callable[[str], Awaitable[Principal | None]]
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REALM = "orderflow"
+
+
+def requires(role: Role) -> Callable[[Handler], Handler]:
+    """Mark a handler with the role it needs, when the method's default (``role_for_method``) is not it."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.required_role = role  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def role_for_method(method: str) -> Role:
+    """The default: reading needs viewer, anything that may change something needs operator."""
+    return "viewer" if method.upper() in SAFE_METHODS else "operator"
+
+
+def required_role(request: web.Request) -> Role:
+    declared = getattr(request.match_info.handler, "required_role", None)
+    return declared or role_for_method(request.method)
+
+
+def principal_of(request: web.Request) -> Principal:
+    """Who made an authenticated request (a handler behind ``bearer_auth`` always has one)."""
+    return request[PRINCIPAL]
+
+
+def actor(request: web.Request) -> dict[str, Any]:
+    """Who and from where, for an audit entry of a mutating call (issue 17): the token's id, name and role,
+    and the peer address (the ingress controller's, when one is in front)."""
+    principal = principal_of(request)
+    return {"tokenId": principal.token_id, "token": principal.name, "role": principal.role, "from": request.remote}
+
+
+def unauthorized(error: str | None) -> web.Response:
+    challenge = f'Bearer realm="{REALM}"' + (f', error="{error}"' if error else "")
+    detail = (
+        "this API needs a bearer token: Authorization: Bearer <token> (orderctl token create)"
+        if error is None
+        else "the bearer token is not valid: it may be mistyped, revoked or from another installation"
+    )
+    return problem(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The credentials of an ``Authorization: Bearer`` header (scheme case-insensitive, RFC 9110); None if absent."""
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    return credentials.strip()
+
+
+def bearer_auth(lookup: TokenLookup, *, public: Collection[str] = ()) -> Any:
+    """The middleware: authenticate every request but those to ``public`` paths, then check the role."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in public:
+            return await handler(request)
+        token = bearer_token(request)
+        if token is None:
+            return unauthorized(None)
+        principal = await lookup(token)
+        if principal is None:
+            return unauthorized("invalid_token")
+        request[PRINCIPAL] = principal
+        needed = required_role(request)
+        if not principal.may(needed):
+            return problem(
+                403,
+                f"this needs the {needed} role; token {principal.name!r} has {principal.role}",
+                requiredRole=needed,
+            )
+        return await handler(request)
+
+    return middleware
