@@ -27,11 +27,12 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from contracts.asyncapi import consumer_queues
+from contracts.permissions import SENDER_CHECKED_EXCHANGES
 from orderctl import output
 from orderctl.errors import CtlError
 from orderctl.output import Col
 from orderctl.reach import broker
-from plumbing.consumer import HEADER_DEATH_KIND, HEADER_DEATH_REASON
+from plumbing.consumer import HEADER_DEATH_KIND, HEADER_DEATH_REASON, HEADER_ORIGINAL_USER
 from plumbing.envelope import HEADER_CAUSATION, copy_of
 from plumbing.topology import dq_name
 
@@ -214,13 +215,29 @@ async def replay(
             target = (
                 publisher.default_exchange if exchange == "" else await publisher.get_exchange(exchange, ensure=False)
             )
-            headers = {k: v for k, v in (message.headers or {}).items() if k not in _DEATH_HEADERS}
+            headers = {
+                k: v for k, v in (message.headers or {}).items() if k not in _DEATH_HEADERS | {HEADER_ORIGINAL_USER}
+            }
             headers["x-replayed-from"] = name
-            await target.publish(copy_of(message, headers), routing_key, mandatory=True, timeout=_PUBLISH_TIMEOUT)
+            replayed = copy_of(message, headers)
+            if exchange in SENDER_CHECKED_EXCHANGES:
+                # The receiver checks who sent it: the replay keeps the original sender, which the broker allows
+                # only to that user or one with the impersonator tag (docs/security.md, "Broker permissions").
+                replayed.user_id = original_sender(message)
+            await target.publish(replayed, routing_key, mandatory=True, timeout=_PUBLISH_TIMEOUT)
             await message.ack()
             result.replayed.append(letter)
         await publisher.close()
         return result
+
+
+def original_sender(message: AbstractIncomingMessage) -> str | None:
+    """Who first sent a dead letter: the broker dead-letters a message as it is (its user-id kept); a consumer
+    publishes its copy with its own user-id and the sender's in a header."""
+    headers = message.headers or {}
+    if HEADER_ORIGINAL_USER in headers:
+        return _text(headers[HEADER_ORIGINAL_USER]) or None
+    return message.user_id
 
 
 async def purge(url: str, queue: str, message_ids: set[str] | None) -> int:

@@ -9,11 +9,16 @@ connection.blocked and stops reading from publishing connections until connectio
 closes, so a connection check alone would call the broker up while no command can leave. aiormq handles
 both frames itself (pausing its writer) and offers no callback; the broker hooks its handlers on every
 connection it opens, so ``blocked`` and ``available`` say what aiormq knows, with when the block began.
+
+Every message this process publishes carries its AMQP user in the ``user_id`` property. RabbitMQ refuses a
+user-id that is not the publishing connection's own user (PRECONDITION_FAILED), so a receiver can tell who
+sent it: the orchestrator checks that a reply comes from the service that may send it (contracts.permissions).
 """
 
 import asyncio
 import logging
 import time
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -34,6 +39,8 @@ class Broker:
     def __init__(self, url: str, *, name: str) -> None:
         self.url = url
         self.name = name
+        #: The user this process logs in as, stamped on everything it publishes.
+        self.user = unquote(urlsplit(url).username or "guest")
         self.connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._lock = asyncio.Lock()
@@ -140,11 +147,13 @@ class Broker:
     async def publish(
         self, exchange: str, routing_key: str, message: aio_pika.Message, *, mandatory: bool | None = None
     ) -> None:
-        """Publish and wait for the broker's confirm; raises if it is not confirmed."""
+        """Publish and wait for the broker's confirm; raises if it is not confirmed. The message goes out with this
+        process's user as its user-id, which the broker validates."""
         assert self._publish_channel is not None, "connect() first"
         if mandatory is None:
             mandatory = exchange in topology.MANDATORY_EXCHANGES
         target = await self._publish_channel.get_exchange(exchange, ensure=False)
+        message.user_id = self.user
         await target.publish(message, routing_key, mandatory=mandatory, timeout=_PUBLISH_TIMEOUT)
 
     async def close(self) -> None:

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HEADER_DEATH_REASON = "x-death-reason"
 HEADER_DEATH_KIND = "x-death-kind"
+HEADER_ORIGINAL_USER = "x-original-user-id"
 
 
 @dataclass
@@ -105,6 +106,9 @@ class Route:
     model: type[BaseModel]
     handler: Handler
     needs_reply: bool = False  # a command: without a reply-to it is poison, refused before any effect
+    #: (type, AMQP user-id) -> why this sender may not send it, or None: a refused message is dead-lettered as
+    #: forged before any effect (the orchestrator's replies, contracts.permissions.sender_refusal).
+    sender_check: Callable[[str, str | None], str | None] | None = None
 
 
 class Consumer:
@@ -235,6 +239,8 @@ class Consumer:
         route = self.routes.get(envelope.type)
         if route is None:
             raise PoisonMessage(f"unknown_type: no handler for message type {envelope.type!r}")
+        if route.sender_check is not None and (refusal := route.sender_check(envelope.type, message.user_id)):
+            raise PoisonMessage(refusal)
         if envelope.schemaVersion != SCHEMA_VERSION:
             raise PoisonMessage(f"schema_version: version {envelope.schemaVersion} is not supported")
         if route.needs_reply and not envelope.replyTo:
@@ -297,6 +303,8 @@ class Consumer:
                 HEADER_DEATH_KIND: kind,
                 "x-original-exchange": message.exchange or "",
                 "x-original-routing-key": message.routing_key or "",
+                # The copy goes out with this process's user-id: a replay restores the sender from here.
+                HEADER_ORIGINAL_USER: message.user_id or "",
             }
         )
         await self.broker.publish(DEAD_LETTER_EXCHANGE, self.queue_name, copy_of(message, headers))
