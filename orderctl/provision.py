@@ -7,6 +7,7 @@ from plumbing.migrations import migrate
 
 
 async def migrate_all(settings: CtlSettings, *, only: str | None = None) -> dict[str, list[str]]:
+    settings.refuse_development_defaults(only=only)
     applied: dict[str, list[str]] = {}
     for spec in SERVICES:
         if only and spec.name != only:

@@ -5,12 +5,12 @@ against the local RabbitMQ and PostgreSQL of a development machine.
 """
 
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from plumbing import retention
+from plumbing import production, retention
 from plumbing.faults import FaultRule
 
 
@@ -25,9 +25,19 @@ class ProcessSettings(BaseSettings):
         description="RabbitMQ password, kept out of AMQP_URL: when set it is put into the URL percent-encoded, so "
         "any password works (the manifests take it from a Secret as it is).",
     )
+    amqp_ca_file: str | None = Field(
+        None,
+        description="CA bundle that verifies the broker's certificate on amqps://: put into AMQP_URL as aiormq's "
+        "cafile parameter (the URL may also carry it itself). Unset: the system's CAs.",
+    )
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:5432/postgres",
-        description="This process's own PostgreSQL database; no process reads another's.",
+        description="This process's own PostgreSQL database; no process reads another's. TLS as asyncpg reads it: "
+        "sslmode and sslrootcert in the URL, else PGSSLMODE and PGSSLROOTCERT.",
+    )
+    orderflow_environment: production.Environment = Field(
+        "development",
+        description="production: refuse to start while a development default is in force (plumbing/production.py).",
     )
     http_host: str = Field("127.0.0.1", description="Address of the metrics and health endpoint.")
     http_port: int = Field(8000, description="Port of /metrics, /healthz and /readyz.")
@@ -81,7 +91,18 @@ class ProcessSettings(BaseSettings):
             secret = password.get_secret_value() if isinstance(password, SecretStr) else str(password)
             url = data.get("amqp_url") or cls.model_fields["amqp_url"].default
             data = {**data, "amqp_url": amqp_url_with_password(url, secret)}
+        ca_file = data.get("amqp_ca_file") if isinstance(data, dict) else None
+        if ca_file:
+            url = data.get("amqp_url") or cls.model_fields["amqp_url"].default
+            data = {**data, "amqp_url": amqp_url_with_ca_file(url, str(ca_file))}
         return data
+
+    @model_validator(mode="after")
+    def _refuse_development_defaults_in_production(self) -> "ProcessSettings":
+        """Before anything connects (settings come first in every main): RefusedInProduction ends the process."""
+        if self.orderflow_environment == "production":
+            production.refuse(production.process_values(self))
+        return self
 
     @field_validator("inbox_retention_hours")
     @classmethod
@@ -99,3 +120,10 @@ def amqp_url_with_password(url: str, password: str) -> str:
     if not at or not user:
         raise ValueError("AMQP_PASSWORD is set but AMQP_URL names no user (amqp://USER@host:port/vhost)")
     return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{hostport}"))
+
+
+def amqp_url_with_ca_file(url: str, ca_file: str) -> str:
+    """``url`` with aiormq's ``cafile`` query parameter set to ``ca_file``: amqps:// verifies the broker with it."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "cafile"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("cafile", ca_file)], safe="/")))
