@@ -40,7 +40,7 @@ from bench.results import summarize
 from bench.usage import ProcessWatch
 from contracts.base import OrderItem
 from contracts.orders import OrderRequested
-from orchestrator.definition import DEFINITION_FILE
+from orchestrator.definition import engine_document
 from orchestrator.state import RUNNING
 from orderctl.config import CtlSettings
 from orderctl.sandbox import database_names, db, http_json
@@ -83,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # -- the installation ------------------------------------------------------------------------------
 def parking_env(tmp: Path, hold_seconds: int) -> dict[str, dict[str, str]]:
-    """The workflow is data: orchestrator/workflow.json with only ProcessPayment's TimeoutSeconds changed."""
-    document = json.loads(DEFINITION_FILE.read_text())
+    """The workflow is data: workflow.json in the engine's form, only ProcessPayment's TimeoutSeconds changed."""
+    document = engine_document()
     document["States"][STEP]["TimeoutSeconds"] = hold_seconds
     workflow = tmp / "workflow.json"
     workflow.write_text(json.dumps(document, indent=2))

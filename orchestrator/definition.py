@@ -1,11 +1,15 @@
-"""The workflow definition: Amazon States Language, the subset the order saga needs, validated on load.
+"""The workflow definition: Amazon States Language, validated on load, in the form the engine reads.
 
-Extensions to ASL, each documented in docs/workflow.md: ``Status`` on Succeed and
-Fail states (the order's terminal status), ``TimeoutSeconds`` on a Parallel
-state (the guide's 120 s compensation window) and ``Compensation`` on a Task
-state (it undoes an earlier step; counted in orderflow_compensations_total)
-and ``Reconcile`` on a Task state (when it times out and no retry is left, the
-command is asked once more, same key, before its Catch applies).
+A definition file is standard ASL (it passes asl-validator and statelint): Task
+resources are ARNs, bound to commands by the resource map (orchestrator/resources.json),
+and Orderflow's extensions sit beside it in ``<name>.orderflow.json`` (orchestrator.asl).
+``parse`` binds both into the engine's form, where ``Resource`` is the command's routing
+key and the extensions are fields of their states, each documented in docs/workflow.md:
+``Status`` on Succeed and Fail states (the order's terminal status), ``TimeoutSeconds``
+on a Parallel state (the guide's 120 s compensation window), ``Compensation`` on a Task
+state (it undoes an earlier step; counted in orderflow_compensations_total) and
+``Reconcile`` on a Task state (when it times out and no retry is left, the command is
+asked once more, same key, before its Catch applies). A stored version is that form.
 """
 
 import json
@@ -13,6 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.asl import extensions as asl_extensions
+from orchestrator.asl import resources as asl_resources
 
 ALL = "States.ALL"
 TASK_FAILED = "States.TaskFailed"
@@ -98,7 +105,14 @@ class TaskState(_Flow):
     """Send a command to a service and wait for its reply."""
 
     Type: Literal["Task"]
-    Resource: str = Field(description="'<service>.<Command>': routing key of the command.")
+    Resource: str = Field(
+        description="'<service>.<Command>': routing key of the command (the resource map binds the file's ARN)."
+    )
+    Integration: Literal["lambda:invoke"] | None = Field(
+        None,
+        description="Set when the file used arn:aws:states:::lambda:invoke: Parameters hold the Payload and the "
+        "result reads as Lambda's, {'Payload': <reply>, 'StatusCode': 200}.",
+    )
     Parameters: dict[str, Any] = Field(default_factory=dict)
     ResultPath: str | None = "$"
     TimeoutSeconds: float = Field(60, gt=0)
@@ -216,10 +230,24 @@ def _check_links(where: str, start: str, states: dict[str, Any]) -> None:
                 _check_links(f"{where}{name}/Branches[{i}]: ", branch.StartAt, branch.States)
 
 
-def parse(document: dict[str, Any]) -> Workflow:
-    """Validate a definition document; every mistake is reported with its location."""
+def parse(
+    document: dict[str, Any],
+    *,
+    extensions: dict[str, Any] | None = None,
+    resources: asl_resources.ResourceMap | None = None,
+) -> Workflow:
+    """Bind and validate a definition document; every mistake is reported with its location.
+
+    ``extensions`` is the sidecar's content; ``resources`` the resource map (default: orchestrator/resources.json).
+    """
     try:
-        return Workflow.model_validate(document)
+        bound = asl_extensions.bind(
+            document, resources or asl_resources.default_map(), asl_extensions.read_extensions(extensions)
+        )
+    except ValueError as exc:
+        raise DefinitionError(f"invalid workflow definition: {exc}") from None
+    try:
+        return Workflow.model_validate(bound)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'] if not str(p).endswith('State')) or '<root>'}: "
@@ -229,5 +257,14 @@ def parse(document: dict[str, Any]) -> Workflow:
         raise DefinitionError(f"invalid workflow definition: {problems}") from None
 
 
-def load(path: Path = DEFINITION_FILE) -> Workflow:
-    return parse(json.loads(path.read_text()))
+def load(path: Path = DEFINITION_FILE, *, resources: asl_resources.ResourceMap | None = None) -> Workflow:
+    """A definition file with its sidecar (``<name>.orderflow.json``, when there is one)."""
+    sidecar = asl_extensions.sidecar_of(path)
+    extensions = json.loads(sidecar.read_text()) if sidecar.exists() else None
+    return parse(json.loads(path.read_text()), extensions=extensions, resources=resources)
+
+
+def engine_document(path: Path = DEFINITION_FILE) -> dict[str, Any]:
+    """The definition at ``path`` in the engine's form, as a plain document: what tests copy and change a number
+    of (a timeout, a reconcile) before writing it where a process reads its WORKFLOW_FILE."""
+    return load(path).model_dump(mode="json", exclude_none=True)

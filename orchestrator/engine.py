@@ -147,7 +147,7 @@ class _Run:
             task = self.task(lane)
             detail = {"reconciled": True} if run.reconcileOf else None
             self.note("TaskSucceeded", lane, attempt=run.attempt, commandId=event.commandId, detail=detail)
-            lane.data = paths.put(lane.data, task.ResultPath, event.result or {})
+            lane.data = paths.put(lane.data, task.ResultPath, _result(task, event.result or {}))
             lane.run = None
             self.advance(lane, task.Next, task.End)
             return
@@ -308,7 +308,7 @@ class _Run:
         task = self.task(lane)
         command_id = self.ctx.new_id()
         try:
-            payload = paths.resolve(task.Parameters, lane.data)
+            payload = _payload(task, lane.data)
         except paths.PathError as exc:
             lane.run = None
             self.note("TaskFailed", lane, attempt=attempt, error="States.Runtime", cause=str(exc))
@@ -346,7 +346,7 @@ class _Run:
                 resource=task.Resource,
                 messageId=command_id,
                 attempt=run.attempt,
-                payload=payload if payload is not None else paths.resolve(task.Parameters, lane.data),
+                payload=payload if payload is not None else _payload(task, lane.data),
                 state=lane.current or "",
                 deadline=deadline,
             )
@@ -483,6 +483,24 @@ class _Run:
                     self.enter(branch)
         else:
             self.enter(main)
+
+
+def _payload(task: TaskState, data: dict[str, Any]) -> dict[str, Any]:
+    """The command's payload: the resolved Parameters, or for lambda:invoke their resolved Payload."""
+    resolved = paths.resolve(task.Parameters, data)
+    if task.Integration is None:
+        return resolved
+    payload = resolved.get("Payload", {})
+    if not isinstance(payload, dict):
+        raise paths.PathError(f"the Payload of {task.Resource} must be a JSON object, not {type(payload).__name__}")
+    return payload
+
+
+def _result(task: TaskState, reply: dict[str, Any]) -> Any:
+    """The task's result as Step Functions would hand it on: lambda:invoke wraps the function's return value."""
+    if task.Integration is None:
+        return reply
+    return {"Payload": reply, "StatusCode": 200}
 
 
 def _text(data: dict[str, Any], path: str | None) -> str | None:
