@@ -136,6 +136,15 @@ class Manifests:
         for cluster in self.of_kind("RabbitmqCluster"):
             name = cluster["metadata"]["name"]
             secrets[f"{name}-default-user"] = {"username": broker[0], "password": broker[1], "port": "5672"}
+        # The Messaging Topology Operator's Users import a Secret each: here every process logs in as the local
+        # broker's user instead (user names are global to a broker; tests/e2e/test_broker_permissions.py runs the
+        # processes on their own users).
+        for user in self.of_kind("User"):
+            if user["apiVersion"].startswith("rabbitmq.com/") and "importCredentialsSecret" in user["spec"]:
+                secrets[user["spec"]["importCredentialsSecret"]["name"]] = {
+                    "username": broker[0],
+                    "password": broker[1],
+                }
         for cluster in self.of_kind("Cluster"):
             if cluster["apiVersion"].startswith("postgresql.cnpg.io/"):
                 name = cluster["metadata"]["name"]
@@ -154,6 +163,8 @@ class Manifests:
         return services
 
     def config_data(self, kind: str, name: str, provided: dict[str, dict[str, str]]) -> dict[str, str] | None:
+        if kind == "Secret" and name in provided:  # what the operators (stood in for) hold wins
+            return provided[name]
         obj = self.get(kind, name)
         if obj is None:
             return provided.get(name) if kind == "Secret" else None
