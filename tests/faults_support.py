@@ -25,6 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from harness import (
     ADMIN_DSN,
     Stack,
+    create_api_token,
     create_databases,
     db,
     drop_databases,
@@ -274,7 +275,8 @@ async def private_stack(
         settings = settings_for(amqp_url, tmp=tmp)
         await create_databases(settings)
         supervisor = Supervisor(stack_children(settings, extra_env), log_dir=str(tmp / "log"))
-        stack = Stack(settings=settings, supervisor=supervisor, log_dir=tmp / "log")
+        token = await create_api_token(settings, "viewer", "tests")
+        stack = Stack(settings=settings, supervisor=supervisor, log_dir=tmp / "log", api_token=token)
         try:
             await supervisor.start()
             await wait_ready(stack)

@@ -21,6 +21,7 @@ import pytest
 from faults_support import consuming, print_logs
 from harness import (
     Stack,
+    create_api_token,
     create_databases,
     drop_databases,
     eventually,
@@ -111,7 +112,10 @@ async def proxied_stack(
         for service, values in (extra_env or {}).items():
             env[service] = {**env.get(service, {}), **values}
         supervisor = Supervisor(stack_children(settings, env), log_dir=str(tmp_path / "log"))
-        stack = Stack(settings=settings, supervisor=supervisor, log_dir=tmp_path / "log", workflow_file=workflow)
+        token = await create_api_token(settings, "viewer", "tests")
+        stack = Stack(
+            settings=settings, supervisor=supervisor, log_dir=tmp_path / "log", workflow_file=workflow, api_token=token
+        )
         await supervisor.start()
         await wait_ready(stack)
         await consuming(stack)

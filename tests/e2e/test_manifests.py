@@ -54,6 +54,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.asyncapi import consumer_queues
 from devservers.smtp_sink import messages
+from orchestrator import api_tokens
 from orderctl.client import OutcomeListener
 from orderctl.config import SERVICES, CtlSettings
 from plumbing.db import database_name, drop_database, with_database
@@ -91,12 +92,14 @@ def overlay(request: pytest.FixtureRequest) -> Manifests:
 def library_env() -> set[str]:
     """Variables the libraries read themselves, each checked against the installed library.
 
-    PGPASSWORD: asyncpg's (libpq's name), the password when the URL holds none. OTEL_*: the OpenTelemetry
-    SDK's and its OTLP exporter's (components/otel)."""
+    PGPASSWORD: asyncpg's (libpq's name), the password when the URL holds none; PGSSLROOTCERT: the CA file
+    when the URL names none (the production overlay). OTEL_*: the OpenTelemetry SDK's and its OTLP exporter's
+    (components/otel)."""
     import asyncpg.connect_utils
     from opentelemetry.sdk import environment_variables
 
-    found = {"PGPASSWORD"} if "'PGPASSWORD'" in inspect.getsource(asyncpg.connect_utils) else set()
+    source = inspect.getsource(asyncpg.connect_utils)
+    found = {name for name in ("PGPASSWORD", "PGSSLROOTCERT") if f"'{name}'" in source}
     return found | {v for k, v in vars(environment_variables).items() if k.startswith("OTEL_") and isinstance(v, str)}
 
 
@@ -232,6 +235,10 @@ def test_pods_outlast_their_drain_and_listen_where_probed(overlay: Manifests) ->
             assert env.get("HTTP_HOST") == "0.0.0.0", f"{name}: a pod must listen on all interfaces"
             http = next(p for p in container["ports"] if p.get("name") == "http")
             assert int(env.get("HTTP_PORT", defaults["http_port"].default)) == http["containerPort"], name
+            if "api_port" in defaults:  # the orchestrator's API, on a port of its own (probes stay on http)
+                assert env.get("API_HOST") == "0.0.0.0", f"{name}: the API must listen on all interfaces"
+                api = next(p for p in container["ports"] if p.get("name") == "api")
+                assert int(env.get("API_PORT", defaults["api_port"].default)) == api["containerPort"], name
             for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
                 assert container[kind]["httpGet"]["port"] in ("http", http["containerPort"]), f"{name} {kind}"
             checked.add(name)
@@ -277,9 +284,9 @@ def test_compose_mirrors_the_local_overlay(local_overlay: Manifests) -> None:
 
 
 # -- the run -----------------------------------------------------------------------------------------------
-def http_status(url: str) -> tuple[int, str]:
+def http_status(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as response:
             return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
@@ -485,8 +492,17 @@ async def run_and_check(manifests: Manifests, local: Localizer, kubelet: Kubelet
     deliveries = await eventually(webhooks_delivered, timeout=20, what="the webhook deliveries")
     assert {d["status"] for d in deliveries} == {"delivered"}, deliveries
 
-    # The orchestrator's API through its Service's http port.
-    api = next(p for p in manifests.get("Service", "orderflow-orchestrator")["spec"]["ports"] if p["name"] == "http")
+    # The orchestrator's API through its Service's api port: 401 without a token, the saga to a viewer's token.
+    api = next(p for p in manifests.get("Service", "orderflow-orchestrator")["spec"]["ports"] if p["name"] == "api")
     port = local.local_port("orderflow-orchestrator", api["port"])
-    status, body = await asyncio.to_thread(http_status, f"http://127.0.0.1:{port}/orders/{quote(order_id, safe='')}")
+    url = f"http://127.0.0.1:{port}/orders/{quote(order_id, safe='')}"
+    status, body = await asyncio.to_thread(http_status, url)
+    assert status == 401, body
+    orchestrator = kubelet.envs[("orderflow-orchestrator", "orchestrator")]["DATABASE_URL"]
+    conn = await asyncpg.connect(with_database(ADMIN_DSN, database_name(orchestrator)))
+    try:
+        token, _ = await api_tokens.create(conn, role="viewer", name="manifests", created_by="test_manifests")
+    finally:
+        await conn.close()
+    status, body = await asyncio.to_thread(http_status, url, {"Authorization": f"Bearer {token}"})
     assert status == 200 and json.loads(body)["status"] == "CONFIRMED", body
