@@ -3,6 +3,7 @@
 import hashlib
 
 import pytest
+from pydantic import ValidationError
 
 from orchestrator.api_tokens import (
     TOKEN_PREFIX,
@@ -14,6 +15,7 @@ from orchestrator.api_tokens import (
     new_token,
     token_hash,
 )
+from orchestrator.main import OrchestratorSettings
 
 
 def test_a_token_is_the_prefix_and_32_random_bytes() -> None:
@@ -57,3 +59,8 @@ def test_roles_are_viewer_and_operator() -> None:
     assert check_role("operator") == "operator"
     with pytest.raises(TokenError):
         check_role("admin")
+
+
+def test_the_api_never_shares_the_open_port() -> None:
+    with pytest.raises(ValidationError, match="a port of its own"):
+        OrchestratorSettings(http_port=8000, api_port=8000)
