@@ -52,8 +52,9 @@ def make_app(ready: ReadyCheck) -> web.Application:
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
+async def serve(app: web.Application, host: str, port: int, *, shutdown_timeout: float = 60.0) -> web.AppRunner:
+    """Serve ``app``; its cleanup waits up to ``shutdown_timeout`` seconds for requests in progress."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
