@@ -169,13 +169,17 @@ def prefix_of(own_user: str, process: str) -> str | None:
 def sender_refusal(message_type: str, user_id: str | None, *, own_user: str, own_process: str) -> str | None:
     """Why a reply of ``message_type`` sent by ``user_id`` (the AMQP user-id, which the broker checked) must not
     be applied, or None when it may. A message sent with this process's own user passes: where every process
-    shares one user nothing else can be told apart, and where each has its own nobody else holds it."""
+    shares one user nothing else can be told apart, and where each has its own nobody else holds it. Where the
+    users are shared (this process's user is not named after it), a message without a user-id passes too: a
+    publisher older than the user-id stamp, during an upgrade, is no less trusted than any other there."""
     if user_id is not None and user_id == own_user:
         return None
     senders = REPLY_SENDERS.get(message_type)
     if senders is None:
         return None
     prefix = prefix_of(own_user, own_process)
+    if prefix is None and user_id is None:
+        return None
     allowed = sorted(user_name(p, prefix) for p in senders) if prefix is not None else []
     if user_id in allowed:
         return None

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from plumbing import inbox, metrics, outbox, tracing
 from plumbing.broker import Broker
-from plumbing.envelope import SCHEMA_VERSION, Envelope, copy_of
+from plumbing.envelope import SCHEMA_VERSION, Envelope, copy_of, escaped
 from plumbing.errors import DB_CONNECTION, PoisonMessage, classify_transient
 from plumbing.faults import FaultPlan
 from plumbing.logs import bind, log_context
@@ -239,8 +239,6 @@ class Consumer:
         route = self.routes.get(envelope.type)
         if route is None:
             raise PoisonMessage(f"unknown_type: no handler for message type {envelope.type!r}")
-        if route.sender_check is not None and (refusal := route.sender_check(envelope.type, message.user_id)):
-            raise PoisonMessage(refusal)
         if envelope.schemaVersion != SCHEMA_VERSION:
             raise PoisonMessage(f"schema_version: version {envelope.schemaVersion} is not supported")
         if route.needs_reply and not envelope.replyTo:
@@ -250,6 +248,9 @@ class Consumer:
         except ValidationError as exc:
             kind = "invalid_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "schema"
             raise PoisonMessage(f"{kind}: {_short(exc)}") from exc
+        # Last, so a malformed message is dead-lettered for what is wrong with it, whoever sent it.
+        if route.sender_check is not None and (refusal := route.sender_check(envelope.type, message.user_id)):
+            raise PoisonMessage(refusal)
         return envelope, route, payload
 
     async def _handle_once(
@@ -294,6 +295,7 @@ class Consumer:
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Copy the delivery to this queue's dead-letter queue with the reason, then ack it."""
+        reason = escaped(reason)  # it may quote the sender's text (a field's name): it goes into a header
         kind = reason.split(":", 1)[0]
         log.error("dead-lettering message", extra={"fields": {"reason": reason, "queue": self.queue_name}})
         headers = dict(message.headers or {})

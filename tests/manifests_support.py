@@ -137,7 +137,7 @@ class Manifests:
             name = cluster["metadata"]["name"]
             secrets[f"{name}-default-user"] = {"username": broker[0], "password": broker[1], "port": "5672"}
         # The Messaging Topology Operator's Users import a Secret each: here every process logs in as the local
-        # broker's user instead (user names are global to a broker; tests/e2e/test_broker_permissions.py runs the
+        # broker's user instead (user names are global to a broker; tests/e2e/test_own_broker_users.py runs the
         # processes on their own users).
         for user in self.of_kind("User"):
             if user["apiVersion"].startswith("rabbitmq.com/") and "importCredentialsSecret" in user["spec"]:

@@ -79,6 +79,7 @@ def test_a_reply_is_accepted_only_from_its_service_or_a_shared_user() -> None:
     assert check("CustomerNotified", "orderflow-notify", **mine) is None
     # One user for every process (guest on a development machine): nothing can be told apart, all pass.
     assert check("PaymentProcessed", "guest", own_user="guest", own_process="orchestrator") is None
+    assert check("PaymentProcessed", None, own_user="guest", own_process="orchestrator") is None
     assert check("PaymentProcessed", "other", own_user="guest", own_process="orchestrator").startswith("forged: ")
     # Every reply type has its senders.
     replies = {s.model.__name__ for s in permissions.MESSAGES if s.kind == "reply"}

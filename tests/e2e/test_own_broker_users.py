@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -29,6 +30,7 @@ from harness import (
 )
 
 from contracts import permissions
+from contracts.payment import PaymentProcessed
 from orderctl.broker_users import Target, create_users, delete_users
 from orderctl.client import OutcomeListener
 from orderctl.sandbox import running
@@ -124,14 +126,15 @@ async def test_a_reply_forged_by_notify_is_dead_lettered_and_the_saga_goes_on(
 
     # The attacker holds notify's credentials and, worst case, the command's id.
     command_id = await eventually(payment_command, timeout=30, what="ProcessPayment sent")
-    forged = {"paymentId": "pi_forged", "amount": 400, "currency": "usd", "status": "succeeded"}
+    # A well-formed reply: only its sender is wrong.
+    forged = PaymentProcessed(paymentIntentId="pi_forged", status="succeeded", amount=Decimal("4.00"))
     connection = await aio_pika.connect(own_users.notify_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
         replies = await channel.get_exchange(REPLIES_EXCHANGE, ensure=False)
         notify_user = permissions.amqp_user(own_users.notify_url)
         message = aio_pika.Message(
-            json.dumps(forged).encode(),
+            forged.model_dump_json().encode(),
             type="PaymentProcessed",
             correlation_id=order_id,
             message_id=str(uuid.uuid4()),
