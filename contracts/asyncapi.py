@@ -24,8 +24,10 @@ from plumbing.envelope import (
     HEADER_CAUSATION,
     HEADER_DEADLINE,
     HEADER_OCCURRED,
+    HEADER_SAFE_PATTERN,
     HEADER_SCHEMA,
     SCHEMA_VERSION,
+    SHORT_STRING_BYTES,
     Envelope,
 )
 from plumbing.topology import (
@@ -46,7 +48,7 @@ EXCHANGE_TYPES = {EVENTS_EXCHANGE: "topic", COMMANDS_EXCHANGE: "topic", REPLIES_
 _ID = re.compile(r"^[\w.\-]+$")
 _PARAM = re.compile(r"\{(\w+)\}")
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 The order saga of the reference guide on RabbitMQ. The body of every message is the payload JSON alone; the \
 envelope travels in AMQP properties and headers:
 
@@ -59,6 +61,11 @@ envelope travels in AMQP properties and headers:
 | replyTo | `reply_to` property: routing key of the reply to a command |
 | causationId, attempt, schemaVersion | `x-causation-id`, `x-attempt`, `x-schema-version` headers |
 | deadline | `x-deadline` header, on commands only: handled after it, a command is refused with `Command.Expired` |
+
+No property or header holds a control character (C0, C1, DEL) or U+2028/U+2029, and messageId, correlationId, \
+type and replyTo are AMQP short strings (at most {SHORT_STRING_BYTES} bytes): a delivery that breaks this is \
+dead-lettered as a bad envelope. Payload fields whose text reaches a header (ids, names, the customer's email) \
+carry the pattern `{HEADER_SAFE_PATTERN}`.
 
 Clients publish OrderRequested to the `orders` exchange with routing key `order.requested` and hear the outcome \
 on `order.<status>`."""
@@ -255,7 +262,11 @@ def _headers_schema() -> dict[str, Any]:
         "x-deadline on commands only.",
         "properties": {
             HEADER_ATTEMPT: {"description": fields["attempt"].description, "minimum": 1, "type": "integer"},
-            HEADER_CAUSATION: {"description": fields["causationId"].description, "type": "string"},
+            HEADER_CAUSATION: {
+                "description": fields["causationId"].description,
+                "pattern": HEADER_SAFE_PATTERN,
+                "type": "string",
+            },
             HEADER_DEADLINE: {"description": fields["deadline"].description, "format": "date-time", "type": "string"},
             HEADER_OCCURRED: {"description": "When the message was created.", "format": "date-time", "type": "string"},
             HEADER_SCHEMA: {"description": fields["schemaVersion"].description, "minimum": 1, "type": "integer"},

@@ -2,7 +2,7 @@
 
 from pydantic import Field
 
-from contracts.base import Contract, Currency, Money, OrderId, OrderItem, PricedLine
+from contracts.base import Contract, Currency, Identifier, Money, OrderId, OrderItem, PricedLine
 
 
 class CheckInventory(Contract):
@@ -22,11 +22,11 @@ class InventoryChecked(Contract):
 class ReserveInventory(Contract):
     orderId: OrderId
     items: list[OrderItem] = Field(min_length=1)
-    idempotencyId: str = Field(description="The orderId: one reservation per order.")
+    idempotencyId: Identifier = Field(description="The orderId: one reservation per order.")
 
 
 class InventoryReserved(Contract):
-    reservationId: str
+    reservationId: Identifier
     items: list[OrderItem]
 
 
@@ -36,7 +36,7 @@ class ReleaseInventory(Contract):
     orderId: OrderId
     items: list[OrderItem] | None = None
     action: str = "release"
-    idempotencyId: str = Field(description="{orderId}-release")
+    idempotencyId: Identifier = Field(description="{orderId}-release")
 
 
 class InventoryReleased(Contract):

@@ -1,6 +1,6 @@
 """The public contract on the ``orders`` exchange: what clients publish and what they hear back."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -9,6 +9,7 @@ from contracts.base import (
     Currency,
     Customer,
     ErrorInfo,
+    Identifier,
     Money,
     OrderId,
     OrderItem,
@@ -25,7 +26,7 @@ class OrderRequested(Contract):
     orderId: OrderId
     customer: Customer
     items: list[OrderItem] = Field(min_length=1, max_length=100)
-    paymentMethodId: str = Field(min_length=1, max_length=200, description="Stripe PaymentMethod id.")
+    paymentMethodId: Annotated[Identifier, Field(max_length=200)] = Field(description="Stripe PaymentMethod id.")
     currency: Currency = "usd"
 
 

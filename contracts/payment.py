@@ -1,20 +1,22 @@
 """Commands to the payment service and its replies."""
 
+from typing import Annotated
+
 from pydantic import Field
 
-from contracts.base import Contract, Currency, Money, OrderId
+from contracts.base import Contract, Currency, HeaderText, Identifier, Money, OrderId
 
 
 class ProcessPayment(Contract):
     orderId: OrderId
     amount: Money
     currency: Currency
-    paymentMethodId: str
-    idempotencyKey: str = Field(description="{orderId}-payment: Stripe's Idempotency-Key.")
+    paymentMethodId: Identifier
+    idempotencyKey: Identifier = Field(description="{orderId}-payment: Stripe's Idempotency-Key.")
 
 
 class PaymentProcessed(Contract):
-    paymentIntentId: str
+    paymentIntentId: Identifier
     status: str
     amount: Money
 
@@ -23,14 +25,16 @@ class RefundPayment(Contract):
     """Compensation: refund the order's payment (all of it unless amount is given)."""
 
     orderId: OrderId
-    paymentIntentId: str | None = Field(None, description="Looked up by orderId when absent.")
+    paymentIntentId: Identifier | None = Field(None, description="Looked up by orderId when absent.")
     amount: Money | None = None
-    reason: str = "Order processing failed"
-    idempotencyKey: str = Field(description="{orderId}-refund")
+    reason: Annotated[HeaderText, Field(max_length=400)] = Field(
+        "Order processing failed", description="Kept in the refund's Stripe metadata (up to 500 characters)."
+    )
+    idempotencyKey: Identifier = Field(description="{orderId}-refund")
 
 
 class PaymentRefunded(Contract):
     refunded: bool = Field(description="False when there was no payment to refund: a no-op success.")
-    refundId: str | None = None
+    refundId: Identifier | None = None
     amount: Money | None = None
     alreadyRefunded: bool = False

@@ -2,7 +2,7 @@
 
 from pydantic import Field
 
-from contracts.base import Contract, Currency, Customer, Money, OrderId, PricedLine
+from contracts.base import Contract, Currency, Customer, HeaderText, Identifier, Money, OrderId, PricedLine
 
 
 class CreateOrderRecord(Contract):
@@ -11,7 +11,7 @@ class CreateOrderRecord(Contract):
     lines: list[PricedLine] = Field(min_length=1)
     amount: Money
     currency: Currency
-    paymentIntentId: str
+    paymentIntentId: Identifier
 
 
 class OrderRecordCreated(Contract):
@@ -25,7 +25,7 @@ class VoidOrderRecord(Contract):
     leaves a tombstone, so a CreateOrderRecord that lands later writes nothing."""
 
     orderId: OrderId
-    reason: str = Field("", max_length=500)
+    reason: HeaderText = Field("", description="Why the record is voided.")
 
 
 class OrderRecordVoided(Contract):

@@ -5,12 +5,15 @@ unknown schema version or type: each is dead-lettered into ``<queue>.dlq`` with 
 counted in ``orderflow_dead_lettered_messages_total``, and the consumer goes on. A message that passes validation
 but keeps crashing its handler is dead-lettered by the broker after the delivery limit. Then hypothesis throws
 generated malformed messages at every consumer: each one ends dead-lettered or handled (never both, never
-neither), and well-formed orders sent among them complete.
+neither), and well-formed orders sent among them complete. Last, generated control characters in every field
+that can reach a header (issue 15, item 5), payload and envelope alike: each message is refused at the edge,
+dead-lettered with a reason naming the field, an OrderRequested answered with order.rejected, none handled.
 """
 
 import asyncio
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections import Counter
@@ -34,12 +37,16 @@ from faults_support import (
     publish_orders,
     rejection_tap,
     reply_tap,
+    sagas_started,
     throw,
     wait_terminal,
 )
 from harness import Stack, db, eventually, metric_value, new_id, order_body, outcome_of, publish_raw, seed
+from header_fields import FORBIDDEN, header_bound_paths, poisoned, value_at, with_value
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+
+from plumbing.envelope import HEADER_CAUSATION, HEADER_SAFE_PATTERN
 
 pytestmark = pytest.mark.e2e
 
@@ -402,6 +409,8 @@ WEIRD = (
     | JSON_VALUES
 )
 PLACEHOLDER = "ORDER#hyp"
+#: Printable ASCII: what surrounds a generated control character, so it is the only thing wrong.
+PRINTABLE_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 
 
 def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
@@ -637,3 +646,133 @@ async def test_an_order_id_that_cannot_be_a_correlation_id_is_rejected_and_the_n
 
 async def _async(value: Any) -> Any:
     return value
+
+
+# -- property-based: control characters in every field that can reach a header (issue 15, item 5) ---------------
+#: The envelope's properties and header, by where a publisher sets them; the reason names them so.
+ENVELOPE_FIELDS = {
+    "message_id": "message-id",
+    "correlation_id": "correlation-id",
+    "type": "type",
+    "reply_to": "reply-to",
+    HEADER_CAUSATION: HEADER_CAUSATION,
+}
+HEADER_SAFE = re.compile(HEADER_SAFE_PATTERN)
+
+
+def header_fields(target: QueueTarget) -> list[tuple[str, Any]]:
+    """("payload", path) for each header-bound payload field, ("envelope", name) for each envelope field."""
+    payload = [("payload", path) for path in header_bound_paths(target.message_type, target.payload(PLACEHOLDER))]
+    envelope = [name for name in ENVELOPE_FIELDS if name != "reply_to" or target.is_command]
+    return payload + [("envelope", name) for name in envelope]
+
+
+FIELDS = [(target, where, which) for target in TARGETS.values() for where, which in header_fields(target)]
+
+
+@dataclass(frozen=True)
+class ControlCase:
+    item: Throw
+    where: str
+    names: str  # what the reason must name
+    order_id: str
+
+
+def control_case(
+    target: QueueTarget, where: str, which: Any, poison: tuple[str, str, str], reply_key: str
+) -> ControlCase:
+    order_id = new_id("ORDER#ctl-")
+    body = target.payload(order_id)
+    fields: dict[str, Any] = {
+        "message_type": None if target.queue == "orchestrator.order-requests" else target.message_type,
+        "correlation_id": order_id,
+        "reply_to": reply_key if target.is_command else None,
+        "headers": {} if target.is_command else {HEADER_CAUSATION: f"cmd-{uuid.uuid4().hex}"},
+        "message_id": f"thrown-{uuid.uuid4().hex}",
+    }
+    if where == "payload":
+        body = with_value(body, which, poisoned(value_at(body, which), *poison))
+        names = ".".join(map(str, which))
+    elif which == HEADER_CAUSATION:
+        fields["headers"] = {HEADER_CAUSATION: poisoned(f"cmd-{uuid.uuid4().hex}", *poison)}
+        names = ENVELOPE_FIELDS[which]
+    else:
+        attribute = "message_type" if which == "type" else which
+        fields[attribute] = poisoned(fields[attribute] or target.message_type, *poison)
+        names = ENVELOPE_FIELDS[which]
+    return ControlCase(Throw(target=target, body=_doc(body), **fields), where, names, order_id)
+
+
+def rejection_key(message_id: str) -> str:
+    """The x-causation-id of the order.rejected answering a request with this message id."""
+    if HEADER_SAFE.fullmatch(message_id):
+        return message_id
+    return "invalid:" + hashlib.sha256(message_id.encode()).hexdigest()
+
+
+async def check_refused(stack: Stack, taps: Taps, case: ControlCase) -> list[str]:
+    """What is wrong with how the edge treated one case (nothing, when it was refused as it must be)."""
+    item, problems = case.item, []
+    letter = (await taps.dead_letters.wait_for([item.message_id], timeout=15))[item.message_id]
+    kind, reason = letter.headers.get("x-death-kind"), letter.headers.get("x-death-reason", "")
+    if kind != ("schema" if case.where == "payload" else "bad_envelope") or case.names not in reason:
+        problems.append(f"dead-lettered as {kind!r} with reason {reason!r}")
+    if not HEADER_SAFE.fullmatch(reason):
+        problems.append(f"x-death-reason holds a control character: {reason!r}")
+    if "\x00" not in item.message_id and await handled_ids(stack, item.target.service, [item.message_id]):
+        problems.append("handled although refused")
+    if item.target.queue == "orchestrator.order-requests":
+        key = rejection_key(item.message_id)
+        rejected = (await taps.rejections.wait_for([key], timeout=15))[key]
+        if not json.loads(rejected.body)["reasons"]:
+            problems.append("order.rejected without a reason")
+        if await sagas_started(stack, [case.order_id]):
+            problems.append("a saga started")
+    if item.message_id in taps.replies.seen:
+        problems.append("a command was answered although refused")
+    return [f"{item!r}: {p}" for p in problems]
+
+
+async def test_generated_control_characters_in_every_header_bound_field_are_refused_at_the_edge(
+    stack: Stack, channel, taps: Taps, listener
+) -> None:
+    """Each example puts a generated control character (C0, DEL, C1, U+2028/2029, with text around it) into every
+    field that can reach a header, one message per field, across every consumer queue."""
+    loop = asyncio.get_running_loop()
+    thrown: list[int] = []
+
+    async def barrage(poisons: list[tuple[str, str, str]]) -> None:
+        cases = [
+            control_case(target, where, which, poison, taps.reply_key)
+            for (target, where, which), poison in zip(FIELDS, poisons, strict=True)
+        ]
+        for case in cases:
+            await throw(channel, case.item)
+        problems = []
+        for case in cases:  # one at a time: each check opens database connections, and the server is shared
+            problems += await check_refused(stack, taps, case)
+        assert not problems, "\n".join(problems)
+        thrown.append(len(cases))
+
+    poison = st.tuples(
+        st.text(PRINTABLE_CHARS, max_size=6), st.sampled_from(FORBIDDEN), st.text(PRINTABLE_CHARS, max_size=6)
+    )
+
+    @settings(
+        max_examples=6,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(poisons=st.lists(poison, min_size=len(FIELDS), max_size=len(FIELDS)))
+    def run(poisons: list[tuple[str, str, str]]) -> None:
+        asyncio.run_coroutine_threadsafe(barrage(poisons), loop).result(timeout=120)
+
+    await asyncio.to_thread(run)
+    sku = new_id("sku-")
+    await seed(stack, {sku: (5, "2.00")})
+    after = new_id()
+    await publish_orders(channel, [order_body(after, [(sku, 1)])])
+    assert (await outcome_of(listener, after))["status"] == "CONFIRMED"
+    print(f"\ncontrol characters: {sum(thrown)} messages over {len(FIELDS)} header-bound fields, all refused")
