@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.asl import choice, intrinsics, jsonpath, templates
 from orchestrator.asl import extensions as asl_extensions
 from orchestrator.asl import resources as asl_resources
 
@@ -25,7 +26,26 @@ ALL = "States.ALL"
 TASK_FAILED = "States.TaskFailed"
 TIMEOUT = "States.Timeout"
 BRANCH_FAILED = "States.BranchFailed"
-PREDEFINED_ERRORS = {ALL, TASK_FAILED, TIMEOUT, BRANCH_FAILED, "States.Runtime"}
+NO_CHOICE_MATCHED = "States.NoChoiceMatched"
+#: ASL's predefined error names (the specification's table); an own error name may not start with 'States.'.
+PREDEFINED_ERRORS = {
+    ALL,
+    TASK_FAILED,
+    TIMEOUT,
+    BRANCH_FAILED,
+    NO_CHOICE_MATCHED,
+    "States.Runtime",
+    "States.DataLimitExceeded",
+    "States.HeartbeatTimeout",
+    "States.IntrinsicFailure",
+    "States.ParameterPathFailure",
+    "States.Permissions",
+    "States.ResultPathMatchFailure",
+    "States.ExceedToleratedFailureThreshold",
+    "States.ItemReaderFailed",
+    "States.ResultWriterFailed",
+    "States.QueryEvaluationError",
+}
 #: A service's refusal of a command whose deadline passed (plumbing.errors.COMMAND_EXPIRED, the same name): the
 #: engine sends the command afresh while its step still waits, instead of matching Retry and Catch.
 COMMAND_EXPIRED = "Command.Expired"
@@ -75,15 +95,47 @@ class Catcher(_Strict):
     _names = field_validator("ErrorEquals")(_check_error_names)
 
 
+def _check_path(path: str | None, field: str, *, reference: bool = False) -> None:
+    if path is None:
+        return
+    try:
+        context, steps = jsonpath.parse(path)
+    except jsonpath.PathError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    if reference and (context or not jsonpath.is_definite(steps)):
+        raise ValueError(f"{field} {path!r} must be a Reference Path: fields and indexes from '$'")
+
+
+def _check_template(template: Any, field: str) -> None:
+    for value in templates.expressions(template):
+        try:
+            # A call is checked now; a path when it is read (a malformed one fails the state with States.Runtime).
+            if intrinsics.is_intrinsic(value):
+                intrinsics.parse(value)
+            elif not (isinstance(value, str) and value.startswith("$")):
+                raise ValueError(f"{value!r}: a '.$' field takes a path or an intrinsic function")
+        except jsonpath.PathError as exc:
+            raise ValueError(f"{field}: {exc}") from None
+
+
 class _Flow(_Strict):
+    """What every state but Fail has: a transition, and the input and output paths."""
+
     Comment: str | None = None
     Next: str | None = None
     End: bool | None = None
+    InputPath: str | None = Field("$", description="Selects the effective input; null gives {}.")
+    OutputPath: str | None = Field("$", description="Selects the output; null gives {}.")
 
     @model_validator(mode="after")
     def _next_or_end(self) -> "_Flow":
         if bool(self.Next) == bool(self.End):
             raise ValueError("exactly one of Next and End must be set")
+        _check_path(self.InputPath, "InputPath")
+        _check_path(self.OutputPath, "OutputPath")
+        _check_path(getattr(self, "ResultPath", None), "ResultPath", reference=True)
+        _check_template(getattr(self, "Parameters", None), "Parameters")
+        _check_template(getattr(self, "ResultSelector", None), "ResultSelector")
         return self
 
 
@@ -113,7 +165,8 @@ class TaskState(_Flow):
         description="Set when the file used arn:aws:states:::lambda:invoke: Parameters hold the Payload and the "
         "result reads as Lambda's, {'Payload': <reply>, 'StatusCode': 200}.",
     )
-    Parameters: dict[str, Any] = Field(default_factory=dict)
+    Parameters: dict[str, Any] | None = Field(None, description="The command's payload; without: the input.")
+    ResultSelector: dict[str, Any] | None = None
     ResultPath: str | None = "$"
     TimeoutSeconds: float = Field(60, gt=0)
     Retry: list[Retrier] = Field(default_factory=list)
@@ -146,6 +199,7 @@ class TaskState(_Flow):
 
 class PassState(_Flow):
     Type: Literal["Pass"]
+    Parameters: Any = None
     Result: Any = None
     ResultPath: str | None = "$"
 
@@ -154,6 +208,8 @@ class SucceedState(_Strict):
     Type: Literal["Succeed"]
     Status: str | None = Field(None, description="Extension: the order's terminal status.")
     Comment: str | None = None
+    InputPath: str | None = "$"
+    OutputPath: str | None = "$"
 
 
 class FailState(_Strict):
@@ -164,6 +220,26 @@ class FailState(_Strict):
     ErrorPath: str | None = None
     CausePath: str | None = None
     Comment: str | None = None
+
+
+class ChoiceState(_Strict):
+    """Go to the Next of the first rule that holds for the effective input, else to Default; with neither,
+    fail with States.NoChoiceMatched. Rules are kept as written (orchestrator.asl.choice checks them)."""
+
+    Type: Literal["Choice"]
+    Choices: list[dict[str, Any]] = Field(min_length=1)
+    Default: str | None = None
+    InputPath: str | None = "$"
+    OutputPath: str | None = "$"
+    Comment: str | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> "ChoiceState":
+        for i, rule in enumerate(self.Choices):
+            choice.check(rule, top=True, where=f"Choices[{i}]")
+        _check_path(self.InputPath, "InputPath")
+        _check_path(self.OutputPath, "OutputPath")
+        return self
 
 
 class Branch(_Strict):
@@ -177,6 +253,8 @@ class ParallelState(_Flow):
 
     Type: Literal["Parallel"]
     Branches: list[Branch] = Field(min_length=1)
+    Parameters: dict[str, Any] | None = None
+    ResultSelector: dict[str, Any] | None = None
     ResultPath: str | None = "$"
     TimeoutSeconds: float | None = Field(None, gt=0)
     Retry: list[Retrier] = Field(default_factory=list)
@@ -190,7 +268,9 @@ class ParallelState(_Flow):
         return self
 
 
-AnyState = Annotated[TaskState | PassState | SucceedState | FailState | ParallelState, Field(discriminator="Type")]
+AnyState = Annotated[
+    TaskState | PassState | SucceedState | FailState | ParallelState | ChoiceState, Field(discriminator="Type")
+]
 Branch.model_rebuild()
 
 
@@ -222,6 +302,8 @@ def _check_links(where: str, start: str, states: dict[str, Any]) -> None:
         raise ValueError(f"{where}StartAt {start!r} is not a state")
     for name, state in states.items():
         targets = [getattr(state, "Next", None)] + [c.Next for c in getattr(state, "Catch", [])]
+        if isinstance(state, ChoiceState):
+            targets += [rule["Next"] for rule in state.Choices] + [state.Default]
         for target in targets:
             if target is not None and target not in states:
                 raise ValueError(f"{where}{name}: Next {target!r} is not a state")
@@ -267,4 +349,4 @@ def load(path: Path = DEFINITION_FILE, *, resources: asl_resources.ResourceMap |
 def engine_document(path: Path = DEFINITION_FILE) -> dict[str, Any]:
     """The definition at ``path`` in the engine's form, as a plain document: what tests copy and change a number
     of (a timeout, a reconcile) before writing it where a process reads its WORKFLOW_FILE."""
-    return load(path).model_dump(mode="json", exclude_none=True)
+    return load(path).model_dump(mode="json", exclude_unset=True)

@@ -21,10 +21,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from orchestrator import paths, retry
+from orchestrator.asl import choice, io
+from orchestrator.asl.intrinsics import Scope
 from orchestrator.definition import (
     BRANCH_FAILED,
     COMMAND_EXPIRED,
+    NO_CHOICE_MATCHED,
     TIMEOUT,
+    ChoiceState,
     FailState,
     ParallelState,
     PassState,
@@ -147,9 +151,9 @@ class _Run:
             task = self.task(lane)
             detail = {"reconciled": True} if run.reconcileOf else None
             self.note("TaskSucceeded", lane, attempt=run.attempt, commandId=event.commandId, detail=detail)
-            lane.data = paths.put(lane.data, task.ResultPath, _result(task, event.result or {}))
+            lane.lastAttempt = run.attempt
             lane.run = None
-            self.advance(lane, task.Next, task.End)
+            self.finish_state(lane, task, _result(task, event.result or {}), task.Catch)
             return
         error = event.error or ErrorOut(Error="States.TaskFailed")
         event_name = "ReconcileFailed" if run.reconcileOf else "TaskFailed"
@@ -290,10 +294,21 @@ class _Run:
             self.schedule(lane, attempt=1, counts=[0] * len(state.Retry))
         elif isinstance(state, PassState):
             self.note("PassStateEntered", lane)
-            if state.Result is not None:
-                lane.data = paths.put(lane.data, state.ResultPath, state.Result)
-            self.advance(lane, state.Next, state.End)
+            try:
+                # A Pass's Result, when it has one, is its result; otherwise its effective input is.
+                result = state.Result
+                if result is None:
+                    result = io.effective_input(state, lane.data, self.scope(lane))
+            except io.DataError as exc:
+                self.data_failed(lane, exc, [])
+                return
+            self.finish_state(lane, state, result, [])
         elif isinstance(state, SucceedState):
+            try:
+                lane.data = io.path_of(io.path_of(lane.data, state.InputPath), state.OutputPath)
+            except io.DataError as exc:
+                self.data_failed(lane, exc, [])
+                return
             self.lane_succeeded(lane, status=state.Status)
         elif isinstance(state, FailState):
             error = ErrorOut(
@@ -303,16 +318,40 @@ class _Run:
             self.lane_failed(lane, error, status=state.Status)
         elif isinstance(state, ParallelState):
             self.start_parallel(lane, state)
+        elif isinstance(state, ChoiceState):
+            self.choose(lane, state)
+
+    def choose(self, lane: Lane, state: ChoiceState) -> None:
+        """The first rule that holds picks the Next; the output is the input through InputPath and OutputPath."""
+        scope = self.scope(lane)
+        try:
+            data = io.path_of(lane.data, state.InputPath, scope.context)
+            chosen = next((r["Next"] for r in state.Choices if choice.matches(r, data, scope.context)), state.Default)
+            output = io.path_of(data, state.OutputPath, scope.context)
+        except choice.ChoiceError as exc:
+            self.data_failed(lane, io.DataError(io.RUNTIME, str(exc)), [])
+            return
+        except io.DataError as exc:
+            self.data_failed(lane, exc, [])
+            return
+        if chosen is None:
+            self.note("ChoiceStateFailed", lane, error=NO_CHOICE_MATCHED)
+            self.lane_failed(lane, ErrorOut(Error=NO_CHOICE_MATCHED, Cause=f"no rule of {lane.current} matched"))
+            return
+        self.note("ChoiceStateEntered", lane, detail={"next": chosen})
+        lane.data = output
+        lane.current = chosen
+        self.enter(lane)
 
     def schedule(self, lane: Lane, *, attempt: int, counts: list[int]) -> None:
         task = self.task(lane)
         command_id = self.ctx.new_id()
         try:
-            payload = _payload(task, lane.data)
-        except paths.PathError as exc:
+            payload = self.payload(lane, task, attempt)
+        except io.DataError as exc:
             lane.run = None
-            self.note("TaskFailed", lane, attempt=attempt, error="States.Runtime", cause=str(exc))
-            self.catch(lane, task.Catch, ErrorOut(Error="States.Runtime", Cause=str(exc)))
+            self.note("TaskFailed", lane, attempt=attempt, error=exc.error, cause=exc.cause)
+            self.catch(lane, task.Catch, ErrorOut(Error=exc.error, Cause=exc.cause))
             return
         lane.lastAttempt = attempt
         run = TaskRun(commandId=command_id, attempt=attempt, retryCounts=counts, startedAt=self.ctx.now)
@@ -346,13 +385,48 @@ class _Run:
                 resource=task.Resource,
                 messageId=command_id,
                 attempt=run.attempt,
-                payload=payload if payload is not None else _payload(task, lane.data),
+                payload=payload if payload is not None else self.payload(lane, task, run.attempt),
                 state=lane.current or "",
                 deadline=deadline,
             )
         )
         self.timers[lane.key] = TimerSpec(token=f"timeout:{command_id}", dueAt=deadline, kind="timeout")
         self.note(event, lane, attempt=run.attempt, commandId=command_id, detail=detail)
+
+    # -- input and output --------------------------------------------------------------------
+    def scope(self, lane: Lane, *, retry_count: int = 0) -> Scope:
+        """The context object ($$) of the lane's current state, with the engine's ids and randomness."""
+        context = {
+            "Execution": {"Id": self.saga.orderId, "Name": self.saga.orderId},
+            "State": {"Name": lane.current, "EnteredTime": self.ctx.now.isoformat(), "RetryCount": retry_count},
+        }
+        if lane.item is not None:
+            context["Map"] = {"Item": lane.item}
+        return Scope(lane.data, context, self.ctx.new_id, self.ctx.rng)
+
+    def payload(self, lane: Lane, task: TaskState, attempt: int) -> dict[str, Any]:
+        """The command's payload: InputPath, then Parameters (for lambda:invoke, their Payload). A command takes
+        a JSON object."""
+        payload = io.effective_input(task, lane.data, self.scope(lane, retry_count=attempt - 1))
+        if task.Integration is not None:
+            payload = payload.get("Payload", {}) if isinstance(payload, dict) else payload
+        if not isinstance(payload, dict):
+            raise io.DataError(io.RUNTIME, f"the input of {task.Resource} must be a JSON object, not {payload!r}")
+        return payload
+
+    def finish_state(self, lane: Lane, state: Any, result: Any, catchers: list[Any]) -> None:
+        """The state's result through ResultSelector, ResultPath and OutputPath, then on to its Next."""
+        try:
+            lane.data = io.output(state, lane.data, result, self.scope(lane))
+        except io.DataError as exc:
+            self.data_failed(lane, exc, catchers)
+            return
+        self.advance(lane, state.Next, state.End)
+
+    def data_failed(self, lane: Lane, exc: io.DataError, catchers: list[Any]) -> None:
+        """Input or output processing failed: no retry; the state's Catch (if any) decides."""
+        self.note("StateDataFailed", lane, error=exc.error, cause=exc.cause)
+        self.catch(lane, catchers, ErrorOut(Error=exc.error, Cause=exc.cause))
 
     # -- lane ends ---------------------------------------------------------------------------
     def lane_succeeded(self, lane: Lane, status: str | None) -> None:
@@ -391,12 +465,17 @@ class _Run:
     def start_parallel(self, lane: Lane, state: ParallelState) -> None:
         assert lane.key == "main", "Parallel states are supported in the main flow only"
         self.note("ParallelStateEntered", lane, detail={"branches": len(state.Branches)})
+        try:
+            branch_input = io.effective_input(state, lane.data, self.scope(lane))
+        except io.DataError as exc:
+            self.data_failed(lane, exc, state.Catch)
+            return
         self.saga.branches = [
             Lane(
                 key=f"branch:{i}",
                 prefix=f"{lane.current}/{i}/",
                 current=branch.StartAt,
-                data=copy.deepcopy(lane.data),
+                data=copy.deepcopy(branch_input),
             )
             for i, branch in enumerate(state.Branches)
         ]
@@ -427,9 +506,8 @@ class _Run:
             self.note("ParallelStateFailed", main, error=error.Error, cause=error.Cause)
             self.catch(main, state.Catch, error, branches=branches)
             return
-        main.data = paths.put(main.data, state.ResultPath, [b.data for b in branches])
         self.note("ParallelStateSucceeded", main)
-        self.advance(main, state.Next, state.End)
+        self.finish_state(main, state, [b.data for b in branches], state.Catch)
 
     def parallel_timed_out(self) -> None:
         main = self.saga.main
@@ -483,17 +561,6 @@ class _Run:
                     self.enter(branch)
         else:
             self.enter(main)
-
-
-def _payload(task: TaskState, data: dict[str, Any]) -> dict[str, Any]:
-    """The command's payload: the resolved Parameters, or for lambda:invoke their resolved Payload."""
-    resolved = paths.resolve(task.Parameters, data)
-    if task.Integration is None:
-        return resolved
-    payload = resolved.get("Payload", {})
-    if not isinstance(payload, dict):
-        raise paths.PathError(f"the Payload of {task.Resource} must be a JSON object, not {type(payload).__name__}")
-    return payload
 
 
 def _result(task: TaskState, reply: dict[str, Any]) -> Any:

@@ -37,11 +37,14 @@ class Lane(BaseModel):
     key: str = Field(description="'main' or 'branch:<i>': names the lane's timer.")
     prefix: str = Field("", description="Path of the lane's states in the definition.")
     current: str | None
-    data: dict[str, Any]
+    data: Any = Field(description="The current state's input; after a state, its output (any JSON value).")
     run: TaskRun | None = None
     outcome: Literal["succeeded", "failed"] | None = None
     error: ErrorOut | None = None
     lastAttempt: int = Field(0, description="Runs of the current state so far; a redrive continues the count.")
+    item: dict[str, Any] | None = Field(
+        None, description="A Map iteration's item, {Index, Value}: the context object's $$.Map.Item."
+    )
 
 
 class RedrivePoint(BaseModel):

@@ -20,8 +20,9 @@ ORDER_WORKFLOW = "order"
 
 
 def document_of(workflow: Workflow) -> dict[str, Any]:
-    """The definition as stored: the parsed model, without fields left at their absence."""
-    return workflow.model_dump(mode="json", exclude_none=True)
+    """The definition as stored: the parsed model with the fields its document set (an explicit null, as in
+    ``"ResultPath": null``, is kept: it means something else than the field's absence)."""
+    return workflow.model_dump(mode="json", exclude_unset=True)
 
 
 def version_of(workflow: Workflow) -> str:

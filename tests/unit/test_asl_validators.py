@@ -17,10 +17,11 @@ _SKIP_DIRS = {".venv", "node_modules", ".git", "var", "build"}
 
 
 def definitions() -> list[Path]:
-    """Every JSON file holding a state machine (StartAt and States at the top), sidecars and maps excluded."""
+    """Every JSON file holding a state machine (StartAt and States at the top), sidecars and maps excluded, and
+    ``*.engine.json`` (a definition in the engine's form, as a version is stored: not ASL)."""
     found = []
     for path in sorted(ROOT.rglob("*.json")):
-        if _SKIP_DIRS & set(path.relative_to(ROOT).parts):
+        if _SKIP_DIRS & set(path.relative_to(ROOT).parts) or path.name.endswith(".engine.json"):
             continue
         try:
             document = json.loads(path.read_text())
