@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.asl import choice, intrinsics, jsonpath, templates
 from orchestrator.asl import extensions as asl_extensions
 from orchestrator.asl import resources as asl_resources
+from orchestrator.asl.choice import parse_timestamp
 
 ALL = "States.ALL"
 TASK_FAILED = "States.TaskFailed"
@@ -222,6 +223,27 @@ class FailState(_Strict):
     Comment: str | None = None
 
 
+class WaitState(_Flow):
+    """Wait for a time (Seconds, SecondsPath) or until one (Timestamp, TimestampPath), on a durable timer."""
+
+    Type: Literal["Wait"]
+    Seconds: int | None = Field(None, ge=0)
+    Timestamp: str | None = None
+    SecondsPath: str | None = None
+    TimestampPath: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "WaitState":
+        given = [f for f in ("Seconds", "Timestamp", "SecondsPath", "TimestampPath") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("a Wait state takes exactly one of Seconds, Timestamp, SecondsPath, TimestampPath")
+        if self.Timestamp is not None and parse_timestamp(self.Timestamp) is None:
+            raise ValueError(f"Timestamp {self.Timestamp!r} is not an RFC 3339 timestamp")
+        _check_path(self.SecondsPath, "SecondsPath", reference=False)
+        _check_path(self.TimestampPath, "TimestampPath", reference=False)
+        return self
+
+
 class ChoiceState(_Strict):
     """Go to the Next of the first rule that holds for the effective input, else to Default; with neither,
     fail with States.NoChoiceMatched. Rules are kept as written (orchestrator.asl.choice checks them)."""
@@ -269,7 +291,8 @@ class ParallelState(_Flow):
 
 
 AnyState = Annotated[
-    TaskState | PassState | SucceedState | FailState | ParallelState | ChoiceState, Field(discriminator="Type")
+    TaskState | PassState | SucceedState | FailState | ParallelState | ChoiceState | WaitState,
+    Field(discriminator="Type"),
 ]
 Branch.model_rebuild()
 

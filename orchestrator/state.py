@@ -42,6 +42,7 @@ class Lane(BaseModel):
     outcome: Literal["succeeded", "failed"] | None = None
     error: ErrorOut | None = None
     lastAttempt: int = Field(0, description="Runs of the current state so far; a redrive continues the count.")
+    waitToken: str | None = Field(None, description="Set while the lane's Wait state waits: its timer's token.")
     item: dict[str, Any] | None = Field(
         None, description="A Map iteration's item, {Index, Value}: the context object's $$.Map.Item."
     )
@@ -121,7 +122,7 @@ class TimerSpec(BaseModel):
 
     token: str
     dueAt: datetime
-    kind: Literal["timeout", "retry"]
+    kind: Literal["timeout", "retry", "wait"]
 
 
 class HistoryEntry(BaseModel):

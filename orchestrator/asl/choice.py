@@ -75,7 +75,7 @@ def check(rule: Any, *, top: bool, where: str = "Choices") -> None:
     elif operator == "StringMatches" or COMPARISONS[operator][0] in ("String", "Timestamp"):
         if not isinstance(operand, str):
             raise ValueError(f"{where}.{operator} takes a string")
-        if operator.startswith("Timestamp") and _timestamp(operand) is None:
+        if operator.startswith("Timestamp") and parse_timestamp(operand) is None:
             raise ValueError(f"{where}.{operator}: {operand!r} is not an RFC 3339 timestamp")
     elif COMPARISONS[operator][0] == "Numeric":
         if isinstance(operand, bool) or not isinstance(operand, int | float):
@@ -139,7 +139,7 @@ def _typed(kind: str, value: Any) -> Any:
     if kind == "Boolean":
         return value if isinstance(value, bool) else None
     if kind == "Timestamp":
-        return _timestamp(value) if isinstance(value, str) else None
+        return parse_timestamp(value) if isinstance(value, str) else None
     return value if isinstance(value, str) else None
 
 
@@ -152,10 +152,11 @@ def _test(operator: str, value: Any) -> bool:
         return isinstance(value, str)
     if operator == "IsBoolean":
         return isinstance(value, bool)
-    return isinstance(value, str) and _timestamp(value) is not None
+    return isinstance(value, str) and parse_timestamp(value) is not None
 
 
-def _timestamp(text: str) -> datetime | None:
+def parse_timestamp(text: str) -> datetime | None:
+    """An RFC 3339 timestamp with its offset (Z or +hh:mm), as ASL writes them; None for anything else."""
     if not _TIMESTAMP.match(text):
         return None
     try:

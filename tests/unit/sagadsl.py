@@ -99,6 +99,10 @@ class SagaDsl:
         """Move the clock to the lane's retry timer and fire it."""
         return self._fire(lane, "retry")
 
+    def fire_wait(self, lane: str = "main") -> Self:
+        """Move the clock to the lane's Wait timer and fire it."""
+        return self._fire(lane, "wait")
+
     def fire_parallel_timeout(self) -> Self:
         return self._fire(PARALLEL_LANE, "timeout")
 
