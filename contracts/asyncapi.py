@@ -27,7 +27,6 @@ from plumbing.envelope import (
     HEADER_SAFE_PATTERN,
     HEADER_SCHEMA,
     SCHEMA_VERSION,
-    SHORT_STRING_BYTES,
     Envelope,
 )
 from plumbing.topology import (
@@ -62,8 +61,7 @@ envelope travels in AMQP properties and headers:
 | causationId, attempt, schemaVersion | `x-causation-id`, `x-attempt`, `x-schema-version` headers |
 | deadline | `x-deadline` header, on commands only: handled after it, a command is refused with `Command.Expired` |
 
-No property or header holds a control character (C0, C1, DEL) or U+2028/U+2029, and messageId, correlationId, \
-type and replyTo are AMQP short strings (at most {SHORT_STRING_BYTES} bytes): a delivery that breaks this is \
+No property or header holds a control character (C0, C1, DEL) or U+2028/U+2029: a delivery that breaks this is \
 dead-lettered as a bad envelope. Payload fields whose text reaches a header (ids, names, the customer's email) \
 carry the pattern `{HEADER_SAFE_PATTERN}`.
 

@@ -33,8 +33,6 @@ from pydantic.json_schema import JsonSchemaValue
 #: reach an AMQP header, an SMTP header or subject, an SMS or an HTTP header (Stripe's Idempotency-Key).
 HEADER_SAFE_PATTERN = r"^[^\x00-\x1F\x7F-\x9F\u2028\u2029]*$"
 _HEADER_SAFE = re.compile(HEADER_SAFE_PATTERN)
-#: An AMQP short string (message-id, correlation-id, type, reply-to) holds at most 255 bytes.
-SHORT_STRING_BYTES = 255
 
 
 _FORBIDDEN = re.compile(r"[\x00-\x1F\x7F-\x9F\u2028\u2029]")
@@ -67,14 +65,9 @@ class _HeaderSafeSchema:
 HeaderSafe = Annotated[str, AfterValidator(header_safe), _HeaderSafeSchema()]
 
 
-def _short_string(value: str) -> str:
-    if len(value.encode("utf-8", "surrogatepass")) > SHORT_STRING_BYTES:
-        raise ValueError(f"is longer than an AMQP short string ({SHORT_STRING_BYTES} bytes)")
-    return value
-
-
-#: Text for an AMQP short-string property: header-safe, at most 255 bytes.
-PropertyText = Annotated[HeaderSafe, AfterValidator(_short_string)]
+#: Text for an AMQP property: header-safe. Its length is the broker's to bound (a short string holds 255 bytes):
+#: a delivery cannot exceed it, and an envelope of ours that does is parked by the outbox, not lost.
+PropertyText = HeaderSafe
 
 SCHEMA_VERSION = 1
 HEADER_CAUSATION = "x-causation-id"
@@ -121,7 +114,7 @@ class Envelope(BaseModel):
         # What a refused delivery caused (its order.rejected) must still go out: its unusable message id is
         # carried as a digest the sender can compute. Deliveries themselves never get here with one: from_amqp
         # refuses a causation id that is not header-safe.
-        if isinstance(value, str) and not (_HEADER_SAFE.fullmatch(value) and len(value.encode()) <= 255):
+        if isinstance(value, str) and not _HEADER_SAFE.fullmatch(value):
             return "invalid:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
         return value
 
