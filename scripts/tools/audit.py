@@ -170,12 +170,14 @@ def ensure_pip_audit() -> Path:
     lock = LOCKS / "audit.txt"
     if not pip_audit.exists() or lock.stat().st_mtime > pip_audit.stat().st_mtime:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(AUDIT_VENV)], check=True)
-        subprocess.run(
+        install = subprocess.run(
             [str(AUDIT_VENV / "bin" / "pip"), "install", "--quiet", "--require-hashes", "-r", str(lock)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
+        if install.returncode != 0:
+            tail = " | ".join(install.stderr.strip().splitlines()[-3:])
+            raise AuditError(f"pip-audit could not be installed from {lock.name}: {tail}")
         pip_audit.touch()
     return pip_audit
 
