@@ -1,8 +1,8 @@
-"""The orchestrator's API: order data, behind bearer tokens, on its own port (API_PORT).
+"""The orchestrator's API: order data and operator actions, behind bearer tokens, on its own port (API_PORT).
 
 It is a separate aiohttp application from the metrics and health one (HTTP_PORT), which stays open to the
-scraper and the kubelet: nothing on that port returns order data, and nothing here is public. Issue 17's
-operator console adds its routes (and its OpenAPI document, as a public path) to this application.
+scraper and the kubelet: nothing on that port returns order data, and nothing here is public but the OpenAPI
+document. The routes are orchestrator/api_routes.py's table; docs/api.md describes them.
 """
 
 from collections.abc import Callable
@@ -10,40 +10,34 @@ from collections.abc import Callable
 import asyncpg
 from aiohttp import web
 
-from orchestrator import api_tokens
+from orchestrator import api_tokens, openapi
 from orchestrator.api_auth import bearer_auth
-from orchestrator.problems import problem, problem_middleware
-from orchestrator.status import saga_view
+from orchestrator.api_routes import OPENAPI_DOCUMENT, PUBLIC_PATHS, ROUTES
+from orchestrator.api_sagas import GET_POOL, NUDGE, RUNNER, bad_request_middleware
+from orchestrator.problems import problem_middleware
+from orchestrator.runner import Runner
 
 PoolGetter = Callable[[], asyncpg.Pool | None]
 
 
-def _pool(get_pool: PoolGetter) -> asyncpg.Pool:
-    pool = get_pool()
-    if pool is None:  # the port opens before the database connects
-        raise web.HTTPServiceUnavailable(text="the orchestrator is starting", headers={"Retry-After": "2"})
-    return pool
-
-
-def make_api_app(get_pool: PoolGetter) -> web.Application:
-    """The API application; ``get_pool`` gives the process's pool once it is connected."""
+def make_api_app(get_pool: PoolGetter, runner: Runner, *, nudge: Callable[[], None] = lambda: None) -> web.Application:
+    """The API application: ``get_pool`` gives the process's pool once it is connected, ``runner`` applies
+    redrives, ``nudge`` wakes the process's outbox relay after one."""
 
     async def lookup(token: str) -> api_tokens.Principal | None:
-        async with _pool(get_pool).acquire() as conn:
+        pool = get_pool()
+        if pool is None:
+            raise web.HTTPServiceUnavailable(text="the orchestrator is starting", headers={"Retry-After": "2"})
+        async with pool.acquire() as conn:
             return await api_tokens.authenticate(conn, token)
-
-    async def get_order(request: web.Request) -> web.Response:
-        order_id = request.match_info["order_id"]
-        async with _pool(get_pool).acquire() as conn:
-            view = await saga_view(conn, order_id)
-        if view is None:
-            return problem(404, f"no saga for order {order_id!r}", orderId=order_id)
-        return web.json_response(view)
 
     app = web.Application(
         client_max_size=64 * 1024,
         # Problems outermost, so the auth middleware's own errors and aiohttp's 404s share one format.
-        middlewares=[problem_middleware, bearer_auth(lookup)],
+        middlewares=[problem_middleware, bearer_auth(lookup, public=PUBLIC_PATHS), bad_request_middleware],
     )
-    app.router.add_get("/orders/{order_id}", get_order)
+    app[GET_POOL], app[RUNNER], app[NUDGE] = get_pool, runner, nudge
+    app[OPENAPI_DOCUMENT] = openapi.document()
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
     return app

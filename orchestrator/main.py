@@ -154,7 +154,13 @@ def build(settings: OrchestratorSettings) -> Process:
     ]
     process.on_start = declare_command_queues
     process.routes = routes
-    process.sites = [Site("api", lambda: make_api_app(lambda: process.pool), settings.api_host, settings.api_port)]
+
+    def nudge_relay() -> None:
+        if process.relay is not None:
+            process.relay.nudge()
+
+    api = functools.partial(make_api_app, lambda: process.pool, runner, nudge=nudge_relay)
+    process.sites = [Site("api", api, settings.api_host, settings.api_port)]
     process.background = [timer_loop]
     return process
 

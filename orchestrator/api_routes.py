@@ -1,0 +1,131 @@
+"""The route table of the orchestrator's API: each route's method, path, handler, role and models.
+
+One table serves twice: orchestrator/api.py registers these routes, and orchestrator/openapi.py writes the
+OpenAPI document from them, so the document lists exactly what the application serves.
+"""
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import BaseModel
+
+from orchestrator import api_sagas
+from orchestrator.api_auth import role_for_method
+from orchestrator.api_models import (
+    BulkRedriveRequest,
+    BulkRedriveResult,
+    ListQuery,
+    RedriveRequest,
+    RedriveResult,
+    SagaDetail,
+    SagaPage,
+)
+from orchestrator.api_tokens import Role
+
+OPENAPI_PATH = "/api/v1/openapi.json"
+#: The generated OpenAPI document, served as it is (orchestrator/openapi.py makes it when the app is built).
+OPENAPI_DOCUMENT = web.AppKey("openapi_document", dict)
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI_DOCUMENT])
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    method: str
+    #: aiohttp's form, which is OpenAPI's: /api/v1/sagas/{orderId}
+    path: str
+    handler: Handler
+    operation_id: str
+    summary: str
+    description: str = ""
+    tag: str = "sagas"
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    #: None: a JSON object the document does not describe further.
+    response: type[BaseModel] | None = None
+    #: Problem statuses besides those every authenticated route may answer (401, 403, 503).
+    errors: tuple[int, ...] = ()
+    #: Served without a token (the OpenAPI document).
+    public: bool = False
+
+    @property
+    def role(self) -> Role | None:
+        """The role the bearer auth middleware requires (its default by method; handlers declare none)."""
+        return None if self.public else role_for_method(self.method)
+
+
+ORDER_ID = "the order id, URL-encoded: ORDER#123 is ORDER%23123"
+
+ROUTES: tuple[ApiRoute, ...] = (
+    ApiRoute(
+        "GET",
+        "/api/v1/sagas",
+        api_sagas.list_sagas,
+        "listSagas",
+        "List sagas by filter, newest first, a page at a time, with counts by status",
+        "Filters combine with AND; a filter given several times (status, step, error) matches any of its values. "
+        "Pages are keyset pages: follow nextCursor until it is null; a saga started meanwhile is neither listed "
+        "twice nor skipped.",
+        query=ListQuery,
+        response=SagaPage,
+        errors=(400,),
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/sagas/redrive",
+        api_sagas.bulk_redrive,
+        "redriveSagas",
+        "Redrive the redrivable sagas a filter matches (dry run by default)",
+        "With dryRun (the default) nothing changes: the answer lists the sagas that would be redriven. Otherwise "
+        "each is redriven in its own transaction with its own audit entry, newest first, at most limit.",
+        body=BulkRedriveRequest,
+        response=BulkRedriveResult,
+        errors=(400,),
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/sagas/{orderId}",
+        api_sagas.get_saga,
+        "getSaga",
+        "One saga: state, input, steps with their attempts, and its full history",
+        response=SagaDetail,
+        errors=(404,),
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/sagas/{orderId}/redrive",
+        api_sagas.redrive_saga,
+        "redriveSaga",
+        "Restart a FAILED_CRITICAL saga from the step that failed",
+        "Runs in the orchestrator on the definition the saga records. The saga's history gets an audit entry "
+        "(event RedriveRequested: who, from where, why) in the same transaction. 409 when the saga's status "
+        "allows no redrive (the problem's sagaStatus says which).",
+        body=RedriveRequest,
+        response=RedriveResult,
+        errors=(400, 404, 409),
+    ),
+    ApiRoute(
+        "GET",
+        "/orders/{order_id}",
+        api_sagas.get_order,
+        "getOrder",
+        "One saga in the first API's shape (as orderctl status --json prints it in direct mode)",
+        "Kept for the clients of the first API; new clients use GET /api/v1/sagas/{orderId}.",
+        tag="legacy",
+        errors=(404,),
+    ),
+    ApiRoute(
+        "GET",
+        OPENAPI_PATH,
+        serve_openapi,
+        "getOpenApi",
+        "This document (OpenAPI 3.1); no token needed",
+        tag="meta",
+        public=True,
+    ),
+)
+
+PUBLIC_PATHS = frozenset(r.path for r in ROUTES if r.public)
