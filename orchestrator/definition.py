@@ -290,11 +290,65 @@ class ParallelState(_Flow):
         return self
 
 
+class MapProcessorConfig(_Strict):
+    Mode: Literal["INLINE"] = "INLINE"
+
+
+class MapProcessor(_Strict):
+    """The states each item runs through (``Iterator`` in older definitions)."""
+
+    StartAt: str
+    States: dict[str, "AnyState"]
+    ProcessorConfig: MapProcessorConfig | None = None
+    Comment: str | None = None
+
+
+class MapState(_Flow):
+    """Run the ItemProcessor once per item of ItemsPath, at most MaxConcurrency at a time (0: all at once); the
+    result is the list of the iterations' outputs, in item order. Inline mode, at the top level."""
+
+    Type: Literal["Map"]
+    ItemProcessor: MapProcessor | None = None
+    Iterator: MapProcessor | None = None
+    ItemsPath: str | None = "$"
+    ItemSelector: dict[str, Any] | None = None
+    Parameters: dict[str, Any] | None = Field(None, description="The older name of ItemSelector.")
+    MaxConcurrency: int = Field(0, ge=0)
+    ResultSelector: dict[str, Any] | None = None
+    ResultPath: str | None = "$"
+    Retry: list[Retrier] = Field(default_factory=list)
+    Catch: list[Catcher] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _shape(self) -> "MapState":
+        if (self.ItemProcessor is None) == (self.Iterator is None):
+            raise ValueError("a Map state takes exactly one of ItemProcessor and Iterator")
+        if self.ItemSelector is not None and self.Parameters is not None:
+            raise ValueError("ItemSelector and Parameters are the same field: give one")
+        _check_ordering(self.Catch, "catcher")
+        _check_path(self.ItemsPath, "ItemsPath")
+        _check_template(self.ItemSelector, "ItemSelector")
+        if self.Retry:
+            raise ValueError("Retry on a Map state is not supported; retry inside its ItemProcessor")
+        return self
+
+    @property
+    def processor(self) -> MapProcessor:
+        processor = self.ItemProcessor or self.Iterator
+        assert processor is not None
+        return processor
+
+    @property
+    def selector(self) -> dict[str, Any] | None:
+        return self.ItemSelector if self.ItemSelector is not None else self.Parameters
+
+
 AnyState = Annotated[
-    TaskState | PassState | SucceedState | FailState | ParallelState | ChoiceState | WaitState,
+    TaskState | PassState | SucceedState | FailState | ParallelState | ChoiceState | WaitState | MapState,
     Field(discriminator="Type"),
 ]
 Branch.model_rebuild()
+MapProcessor.model_rebuild()
 
 
 class Workflow(_Strict):
@@ -306,16 +360,21 @@ class Workflow(_Strict):
     @model_validator(mode="after")
     def _links(self) -> "Workflow":
         _check_links("", self.StartAt, self.States)
+        _check_flat(self.States)
         return self
 
     def state(self, path: str) -> AnyState:
-        """Look up a state by its path: 'Name' at top level, 'Parallel/0/Name' inside a branch."""
+        """Look up a state by its path: 'Name' at top level, 'Parallel/0/Name' inside a branch, 'Map/3/Name'
+        inside the Map's ItemProcessor (for its item 3)."""
         parts = path.split("/")
         states: dict[str, AnyState] = self.States
         while len(parts) > 1:
-            parallel = states[parts[0]]
-            assert isinstance(parallel, ParallelState)
-            states = parallel.Branches[int(parts[1])].States
+            outer = states[parts[0]]
+            if isinstance(outer, MapState):
+                states = outer.processor.States
+            else:
+                assert isinstance(outer, ParallelState)
+                states = outer.Branches[int(parts[1])].States
             parts = parts[2:]
         return states[parts[0]]
 
@@ -333,6 +392,24 @@ def _check_links(where: str, start: str, states: dict[str, Any]) -> None:
         if isinstance(state, ParallelState):
             for i, branch in enumerate(state.Branches):
                 _check_links(f"{where}{name}/Branches[{i}]: ", branch.StartAt, branch.States)
+        if isinstance(state, MapState):
+            _check_links(f"{where}{name}/ItemProcessor: ", state.processor.StartAt, state.processor.States)
+
+
+def _check_flat(states: dict[str, Any]) -> None:
+    """Parallel and Map states run in the main flow only: one level of lanes (docs/workflow.md)."""
+    for name, state in states.items():
+        inner = []
+        if isinstance(state, ParallelState):
+            inner = [branch.States for branch in state.Branches]
+        elif isinstance(state, MapState):
+            inner = [state.processor.States]
+        for nested in inner:
+            for inner_name, inner_state in nested.items():
+                if isinstance(inner_state, ParallelState | MapState):
+                    raise ValueError(
+                        f"{name}/{inner_name}: a {inner_state.Type} inside a {state.Type} is not supported yet"
+                    )
 
 
 def parse(

@@ -31,6 +31,7 @@ from orchestrator.definition import (
     TIMEOUT,
     ChoiceState,
     FailState,
+    MapState,
     ParallelState,
     PassState,
     SucceedState,
@@ -331,6 +332,8 @@ class _Run:
             self.choose(lane, state)
         elif isinstance(state, WaitState):
             self.wait(lane, state)
+        elif isinstance(state, MapState):
+            self.start_map(lane, state)
 
     def wait(self, lane: Lane, state: WaitState) -> None:
         """Set the lane's durable timer for the Wait's time; a time already past goes on at once."""
@@ -546,12 +549,76 @@ class _Run:
         for branch in self.saga.branches:
             self.enter(branch)
 
+    # -- map ---------------------------------------------------------------------------------
+    def start_map(self, lane: Lane, state: MapState) -> None:
+        """One lane per item (its input: the ItemSelector, or the item), started up to MaxConcurrency at a time."""
+        scope = self.scope(lane)
+        try:
+            data = io.path_of(lane.data, state.InputPath, scope.context)
+            items = io.path_of(data, state.ItemsPath, scope.context)
+            if not isinstance(items, list):
+                cause = f"ItemsPath {state.ItemsPath!r} gave {type(items).__name__}, not an array"
+                raise io.DataError(io.RUNTIME, cause)
+            inputs = []
+            for i, item in enumerate(items):
+                entry = {"Index": i, "Value": item}
+                if state.selector is None:
+                    inputs.append(item)
+                else:
+                    context = {**scope.context, "Map": {"Item": entry}}
+                    inputs.append(io.template(state.selector, Scope(data, context, scope.new_uuid, scope.rng)))
+        except io.DataError as exc:
+            self.data_failed(lane, exc, state.Catch)
+            return
+        self.note("MapStateEntered", lane, detail={"items": len(items), "maxConcurrency": state.MaxConcurrency})
+        if not items:
+            self.note("MapStateSucceeded", lane)
+            self.finish_state(lane, state, [], state.Catch)
+            return
+        self.saga.branches = [
+            Lane(
+                key=f"branch:{i}",
+                prefix=f"{lane.current}/{i}/",
+                current=state.processor.StartAt,
+                data=inputs[i],
+                item={"Index": i, "Value": item},
+                queued=True,
+            )
+            for i, item in enumerate(items)
+        ]
+        self.fill_map(state)
+
+    def fill_map(self, state: MapState) -> None:
+        """Start queued iterations while fewer than MaxConcurrency run (an iteration may end at once: re-read)."""
+        while self.saga.status == RUNNING and self.saga.branches:
+            branches = self.saga.branches
+            running = sum(1 for b in branches if not b.queued and b.outcome is None)
+            queued = next((b for b in branches if b.queued), None)
+            if queued is None or (state.MaxConcurrency and running >= state.MaxConcurrency):
+                return
+            queued.queued = False
+            self.note("MapIterationStarted", queued, detail={"index": queued.item["Index"] if queued.item else None})
+            self.enter(queued)
+
+    # -- branch ends ---------------------------------------------------------------------------
     def branch_done(self) -> None:
-        if self.saga.status != RUNNING or any(b.outcome is None for b in self.saga.branches):
+        if self.saga.status != RUNNING or not self.saga.branches:
             return
         main = self.saga.main
         state = self.wf.state(main.current or "")
-        assert isinstance(state, ParallelState)
+        if isinstance(state, MapState):
+            if any(b.outcome == "failed" for b in self.saga.branches):
+                for branch in self.saga.branches:
+                    if branch.queued:  # ASL stops a Map at its first failure: nothing new starts
+                        branch.queued, branch.outcome = False, "cancelled"
+            else:
+                self.fill_map(state)
+            if not self.saga.branches or self.saga.status != RUNNING:
+                return  # an iteration that ended at once already finished the Map
+        if any(b.outcome is None for b in self.saga.branches):
+            return
+        kind = "Map" if isinstance(state, MapState) else "Parallel"
+        assert isinstance(state, ParallelState | MapState)
         branches, self.saga.branches = self.saga.branches, []
         self.timers[PARALLEL_LANE] = None
         failed = [b for b in branches if b.outcome == "failed"]
@@ -561,10 +628,10 @@ class _Run:
                 Cause="; ".join(f"{b.prefix}{b.current}: {b.error.Error if b.error else ''}" for b in failed),
             )
             main.data = paths.put(main.data, state.ResultPath, [b.data for b in branches])
-            self.note("ParallelStateFailed", main, error=error.Error, cause=error.Cause)
+            self.note(f"{kind}StateFailed", main, error=error.Error, cause=error.Cause)
             self.catch(main, state.Catch, error, branches=branches)
             return
-        self.note("ParallelStateSucceeded", main)
+        self.note(f"{kind}StateSucceeded", main)
         self.finish_state(main, state, [b.data for b in branches], state.Catch)
 
     def parallel_timed_out(self) -> None:
@@ -600,16 +667,19 @@ class _Run:
         state = self.wf.state(point.state)
         if isinstance(state, TaskState):
             self.schedule(main, attempt=point.lastAttempt + 1, counts=[0] * len(state.Retry))
-        elif isinstance(state, ParallelState) and point.branches:
+        elif isinstance(state, ParallelState | MapState) and point.branches:
             self.saga.branches = point.branches
-            if state.TimeoutSeconds:
+            for branch in self.saga.branches:
+                if branch.outcome == "cancelled":
+                    branch.outcome, branch.queued = None, True
+            if isinstance(state, ParallelState) and state.TimeoutSeconds:
                 self.timers[PARALLEL_LANE] = TimerSpec(
                     token=self._parallel_token(),
                     dueAt=self.ctx.now + timedelta(seconds=state.TimeoutSeconds),
                     kind="timeout",
                 )
             for branch in self.saga.branches:
-                if branch.outcome == "succeeded":
+                if branch.outcome == "succeeded" or branch.queued:
                     continue
                 branch.outcome, branch.error = None, None
                 branch_state = self.wf.state(branch.prefix + (branch.current or ""))
@@ -617,6 +687,8 @@ class _Run:
                     self.schedule(branch, attempt=branch.lastAttempt + 1, counts=[0] * len(branch_state.Retry))
                 else:
                     self.enter(branch)
+            if isinstance(state, MapState):
+                self.fill_map(state)
         else:
             self.enter(main)
 

@@ -39,7 +39,10 @@ class Lane(BaseModel):
     current: str | None
     data: Any = Field(description="The current state's input; after a state, its output (any JSON value).")
     run: TaskRun | None = None
-    outcome: Literal["succeeded", "failed"] | None = None
+    outcome: Literal["succeeded", "failed", "cancelled"] | None = Field(
+        None, description="cancelled: a Map iteration not started because another failed."
+    )
+    queued: bool = Field(False, description="A Map iteration waiting for a place under MaxConcurrency.")
     error: ErrorOut | None = None
     lastAttempt: int = Field(0, description="Runs of the current state so far; a redrive continues the count.")
     waitToken: str | None = Field(None, description="Set while the lane's Wait state waits: its timer's token.")
