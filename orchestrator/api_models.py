@@ -154,6 +154,7 @@ class SagaDetail(BaseModel):
     durationSeconds: float | None = Field(description="From start to its end; null while it runs.")
     amount: Any = Field(None, description="The order's total, once the inventory priced it.")
     currency: str | None = None
+    compensation: Any = Field(None, description="What the compensations returned ($.compensation), if any ran.")
     input: dict[str, Any] | None = Field(description="The order as it was requested (OrderRequested).")
     steps: list[Step]
     history: list[HistoryEvent]

@@ -22,8 +22,6 @@ from orchestrator.api_models import (
     RedriveRequest,
     RedriveResult,
     SagaFilter,
-    SagaPage,
-    SagaSummary,
 )
 from orchestrator.problems import problem
 from orchestrator.runner import Runner
@@ -109,11 +107,7 @@ async def bad_request_middleware(request: web.Request, handler: Any) -> web.Stre
 async def list_sagas(request: web.Request) -> web.Response:
     query = query_of(request)
     async with _pool(request).acquire() as conn:
-        rows, next_cursor = await saga_queries.page(conn, query, limit=query.limit, cursor=query.cursor)
-        counts = await saga_queries.counts(conn, query)
-    total = sum(n for status, n in counts.items() if not query.status or status in query.status)
-    items = [SagaSummary.model_validate(saga_queries.summary(r)) for r in rows]
-    return answer(SagaPage(items=items, nextCursor=next_cursor, total=total, counts=counts))
+        return answer(await saga_queries.listing(conn, query))
 
 
 async def get_saga(request: web.Request) -> web.Response:

@@ -103,6 +103,7 @@ def detail(row: asyncpg.Record, history: list[asyncpg.Record]) -> SagaDetail:
         durationSeconds=_seconds(row["created_at"], ended) if row["status"] != "RUNNING" else None,
         amount=inventory.get("amount"),
         currency=inventory.get("currency"),
+        compensation=data.get("compensation"),
         input=row["input"],
         steps=steps_of(history),
         history=[

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator.api_models import SAGA_STATUSES, SagaFilter
+from orchestrator.api_models import SAGA_STATUSES, ListQuery, SagaFilter, SagaPage, SagaSummary
 
 
 class BadCursor(ValueError):
@@ -123,6 +123,15 @@ async def counts(conn: asyncpg.Connection, f: SagaFilter) -> dict[str, int]:
     rows = await conn.fetch(f"SELECT status, count(*) AS n FROM saga WHERE {w.sql()} GROUP BY status", *w.args)
     found = {r["status"]: r["n"] for r in rows}
     return {status: found.get(status, 0) for status in (*SAGA_STATUSES, *sorted(set(found) - set(SAGA_STATUSES)))}
+
+
+async def listing(conn: asyncpg.Connection, query: ListQuery) -> SagaPage:
+    """GET /api/v1/sagas and ``orderctl list`` in direct mode: a page, its next cursor, the total and counts."""
+    rows, next_cursor = await page(conn, query, limit=query.limit, cursor=query.cursor)
+    by_status = await counts(conn, query)
+    total = sum(n for status, n in by_status.items() if not query.status or status in query.status)
+    items = [SagaSummary.model_validate(summary(r)) for r in rows]
+    return SagaPage(items=items, nextCursor=next_cursor, total=total, counts=by_status)
 
 
 async def redrivable_ids(

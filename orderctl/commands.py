@@ -19,7 +19,7 @@ from orchestrator.definition import Workflow
 from orchestrator.runner import Runner
 from orchestrator.state import Redriven
 from orchestrator.status import saga_view
-from orderctl import client, output, reach
+from orderctl import api_client, client, output, reach, sagas
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.demo import run_demo, steps_taken
 from orderctl.errors import (
@@ -135,7 +135,10 @@ async def cmd_submit(settings: CtlSettings, args: argparse.Namespace) -> int:
     return 0 if len(outcomes) == len(orders) else 1
 
 
-async def _view(settings: CtlSettings, order_id: str) -> dict[str, Any]:
+async def _view(settings: CtlSettings, order_id: str, api_url: str | None = None) -> dict[str, Any]:
+    url = api_client.api_url(settings, api_url)
+    if url is not None:  # through the orchestrator's API (--api-url, ORDERFLOW_API_URL): the same view
+        return await sagas.api_view(settings, url, order_id)
     conn = await reach.database(settings, "orchestrator")
     try:
         view = await saga_view(conn, order_id)
@@ -147,7 +150,7 @@ async def _view(settings: CtlSettings, order_id: str) -> dict[str, Any]:
 
 
 async def cmd_status(settings: CtlSettings, args: argparse.Namespace) -> int:
-    view = await _view(settings, args.order_id)
+    view = await _view(settings, args.order_id, args.api_url)
     if args.json:
         output.as_json(view)
         return 0
@@ -165,7 +168,7 @@ async def cmd_status(settings: CtlSettings, args: argparse.Namespace) -> int:
 
 
 async def cmd_history(settings: CtlSettings, args: argparse.Namespace) -> int:
-    view = await _view(settings, args.order_id)
+    view = await _view(settings, args.order_id, args.api_url)
     if args.json:
         output.as_json({"orderId": view["orderId"], "status": view["status"], "history": view["history"]})
         return 0
@@ -217,6 +220,12 @@ def read_workflow(file: str) -> Workflow:
 
 
 async def cmd_redrive(settings: CtlSettings, args: argparse.Namespace) -> int:
+    url = api_client.api_url(settings, args.api_url)
+    if url is not None:  # in the orchestrator, on the definition it deployed, audited (docs/api.md)
+        done = await sagas.api_redrive(settings, url, args.order_id, args.reason)
+        restarted = ", ".join(done["restarted"]) or "-"
+        print(f"{args.order_id} redriven from {restarted}; follow it with: orderctl status '{args.order_id}'")
+        return 0
     runner = Runner(read_workflow(args.workflow_file))
     conn = await reach.database(settings, "orchestrator")
     try:

@@ -60,6 +60,10 @@ class CtlSettings(BaseSettings):
     base_http_port: int = 8000
     #: The orchestrator's API (bearer tokens), apart from its metrics and health on base_http_port.
     orchestrator_api_port: int = 8080
+    # The orchestrator's API (docs/api.md): with a URL, `orderctl list`, `status`, `history` and `redrive` go
+    # through it with this token (no database URL needed); without one they read the databases directly.
+    api_url: str | None = Field(None, description="ORDERFLOW_API_URL, e.g. http://127.0.0.1:8080 (or --api-url).")
+    api_token: SecretStr | None = Field(None, description="ORDERFLOW_API_TOKEN: a viewer or operator token.")
     stripe_port: int = 12111
     smtp_port: int = 8025
     sms_port: int = 8026

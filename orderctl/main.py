@@ -23,6 +23,8 @@ from orderctl.broker_users import register as register_broker_users
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.errors import EXIT_CODES, INTERRUPTED, OK, USAGE, describe
 from orderctl.outbox import cmd_outbox
+from orderctl.sagas import add_api_flag
+from orderctl.sagas import register as register_list
 from orderctl.tokens import add_parser as add_token_parser
 from orderctl.workflows import cmd_workflow
 
@@ -132,11 +134,13 @@ def parser() -> argparse.ArgumentParser:
 
     st = command(sub, "status", "show an order's saga: status, steps, attempts, errors")
     st.add_argument("order_id", help="the order's id, e.g. 'ORDER#123' (quote the #)")
+    add_api_flag(st)
     json_flag(st)
     st.set_defaults(run=commands.cmd_status)
 
     h = command(sub, "history", "every event of an order's saga, as Step Functions' execution history")
     h.add_argument("order_id", help="the order's id, e.g. 'ORDER#123' (quote the #)")
+    add_api_flag(h)
     json_flag(h)
     h.set_defaults(run=commands.cmd_history)
 
@@ -150,9 +154,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--workflow-file",
         default=str(definition.DEFINITION_FILE),
-        help="the workflow definition the orchestrator runs (default: the packaged one)",
+        help="the workflow definition the orchestrator runs (default: the packaged one; not with --api-url, where "
+        "the orchestrator uses its own)",
     ).complete = shtab.FILE
+    r.add_argument("--reason", help="why, for the audit entry (with --api-url)")
+    add_api_flag(r)
     r.set_defaults(run=commands.cmd_redrive)
+
+    register_list(sub, command, json_flag)
 
     d = command(sub, "demo", "migrate, start everything, run sample orders and print their outcomes")
     d.add_argument("--timeout", type=seconds, default=120.0, help="seconds to wait for the outcomes (default: 120)")
