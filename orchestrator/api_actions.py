@@ -62,6 +62,8 @@ async def redrive(
             verdict = redrivability(status)
             if not verdict["redrivable"]:
                 raise NotRedrivable(status, verdict["reason"])
+            if not row["state"].get("redrive"):  # the engine would refuse it (RedriveRefused): say so, write nothing
+                raise NotRedrivable(status, f"the saga is {status} but records no step to restart")
             audit = {"action": "redrive", "by": actor, "reason": reason, "bulk": bulk}
             at = await saga_queries.record_audit(
                 conn, order_id, event=REDRIVE_REQUESTED, state=row["state"]["main"].get("current"), detail=audit
