@@ -52,6 +52,8 @@ PREDEFINED_ERRORS = {
 COMMAND_EXPIRED = "Command.Expired"
 
 DEFINITION_FILE = Path(__file__).parent / "workflow.json"
+#: How deep Parallel and Map states may nest: 1 is one in the main flow, 2 one inside its branch or iteration.
+MAX_GROUP_DEPTH = 3
 
 
 class DefinitionError(ValueError):
@@ -305,7 +307,7 @@ class MapProcessor(_Strict):
 
 class MapState(_Flow):
     """Run the ItemProcessor once per item of ItemsPath, at most MaxConcurrency at a time (0: all at once); the
-    result is the list of the iterations' outputs, in item order. Inline mode, at the top level."""
+    result is the list of the iterations' outputs, in item order. Inline mode; it may nest (MAX_GROUP_DEPTH)."""
 
     Type: Literal["Map"]
     ItemProcessor: MapProcessor | None = None
@@ -360,7 +362,7 @@ class Workflow(_Strict):
     @model_validator(mode="after")
     def _links(self) -> "Workflow":
         _check_links("", self.StartAt, self.States)
-        _check_flat(self.States)
+        _check_depth(self.States)
         return self
 
     def state(self, path: str) -> AnyState:
@@ -396,20 +398,22 @@ def _check_links(where: str, start: str, states: dict[str, Any]) -> None:
             _check_links(f"{where}{name}/ItemProcessor: ", state.processor.StartAt, state.processor.States)
 
 
-def _check_flat(states: dict[str, Any]) -> None:
-    """Parallel and Map states run in the main flow only: one level of lanes (docs/workflow.md)."""
+def _check_depth(states: dict[str, Any], where: str = "", depth: int = 1) -> None:
+    """Parallel and Map nest up to MAX_GROUP_DEPTH deep: each level adds '.<i>' to its lanes' keys (saga_timer's
+    lane) and a level of lanes to the stored state."""
     for name, state in states.items():
         inner = []
         if isinstance(state, ParallelState):
             inner = [branch.States for branch in state.Branches]
         elif isinstance(state, MapState):
             inner = [state.processor.States]
+        if inner and depth > MAX_GROUP_DEPTH:
+            raise ValueError(
+                f"{where}{name}: a {state.Type} nested {depth} deep; Parallel and Map nest at most "
+                f"{MAX_GROUP_DEPTH} deep"
+            )
         for nested in inner:
-            for inner_name, inner_state in nested.items():
-                if isinstance(inner_state, ParallelState | MapState):
-                    raise ValueError(
-                        f"{name}/{inner_name}: a {inner_state.Type} inside a {state.Type} is not supported yet"
-                    )
+            _check_depth(nested, f"{where}{name}/", depth + 1)
 
 
 def parse(

@@ -32,6 +32,7 @@ from orchestrator.engine_redrive import RedriveStep
 from orchestrator.engine_states import ChoiceAndWait
 from orchestrator.engine_tasks import MAX_REISSUES, TaskSteps
 from orchestrator.state import (
+    MAIN,
     Decision,
     ErrorOut,
     Event,
@@ -77,11 +78,10 @@ class _Run(TaskSteps, ChoiceAndWait, LaneGroups, MapSteps, RedriveStep):
     """One decision: the lane core here, each state's part from its mixin."""
 
     def on_timer(self, event: TimerFired) -> None:
-        if event.lane == PARALLEL_LANE:
-            if self.saga.branches and event.token == self._parallel_token():
-                self.parallel_timed_out()
+        if event.lane.startswith(PARALLEL_LANE):
+            self.on_group_timer(event.lane, event.token)
             return
-        lane = next((lane for lane in self.saga.lanes() if lane.key == event.lane), None)
+        lane = self.saga.lane(event.lane)
         if lane is None:
             return
         if lane.waitToken is not None:
@@ -90,10 +90,12 @@ class _Run(TaskSteps, ChoiceAndWait, LaneGroups, MapSteps, RedriveStep):
             self.on_task_timer(lane, event)
 
     def catch(self, lane: Lane, catchers: list[Any], error: ErrorOut, branches: list[Lane] | None = None) -> None:
-        if lane.key == "main" and lane.current:
+        if lane.key == MAIN and lane.current:
             self.saga.redrive = RedrivePoint(state=lane.current, lastAttempt=lane.lastAttempt, branches=branches or [])
         catcher = retry.find_catcher(catchers, error.Error)
         if catcher is None:
+            if lane.key != MAIN and branches:
+                lane.branches = branches  # the failed group as it ended: a redrive runs its lanes that failed
             self.note("NoCatcherMatched", lane, error=error.Error, cause=error.Cause)
             self.lane_failed(lane, error)
             return
@@ -165,20 +167,20 @@ class _Run(TaskSteps, ChoiceAndWait, LaneGroups, MapSteps, RedriveStep):
     # -- lane ends ---------------------------------------------------------------------------
     def lane_succeeded(self, lane: Lane, status: str | None) -> None:
         lane.outcome = "succeeded"
-        if lane.key == "main":
+        if lane.key == MAIN:
             self.finish(status or "SUCCEEDED", None)
         else:
             self.note("BranchSucceeded", lane)
-            self.branch_done()
+            self.branch_done(lane)
 
     def lane_failed(self, lane: Lane, error: ErrorOut, status: str | None = None) -> None:
         lane.outcome = "failed"
         lane.error = error
-        if lane.key == "main":
+        if lane.key == MAIN:
             self.finish(status or "FAILED", error)
         else:
             self.note("BranchFailed", lane, error=error.Error, cause=error.Cause)
-            self.branch_done()
+            self.branch_done(lane)
 
     def finish(self, status: str, error: ErrorOut | None) -> None:
         self.saga.status = status

@@ -4,7 +4,7 @@ from orchestrator.asl import io
 from orchestrator.asl.intrinsics import Scope
 from orchestrator.definition import MapState
 from orchestrator.engine_base import RunBase
-from orchestrator.state import RUNNING, Lane
+from orchestrator.state import RUNNING, Lane, child_key
 
 
 class MapSteps(RunBase):
@@ -35,10 +35,10 @@ class MapSteps(RunBase):
             self.note("MapStateSucceeded", lane)
             self.finish_state(lane, state, [], state.Catch)
             return
-        self.saga.branches = [
+        lanes = [
             Lane(
-                key=f"branch:{i}",
-                prefix=f"{lane.current}/{i}/",
+                key=child_key(lane.key, i),
+                prefix=f"{lane.prefix}{lane.current}/{i}/",
                 current=state.processor.StartAt,
                 data=inputs[i],
                 item={"Index": i, "Value": item},
@@ -46,12 +46,14 @@ class MapSteps(RunBase):
             )
             for i, item in enumerate(items)
         ]
-        self.fill_map(state)
+        self.saga.set_children(lane, lanes)
+        self.fill_map(lane, state)
 
-    def fill_map(self, state: MapState) -> None:
-        """Start queued iterations while fewer than MaxConcurrency run (an iteration may end at once: re-read)."""
-        while self.saga.status == RUNNING and self.saga.branches:
-            branches = self.saga.branches
+    def fill_map(self, owner: Lane, state: MapState) -> None:
+        """Start queued iterations of ``owner``'s Map while fewer than MaxConcurrency run. An iteration may end at
+        once, and the Map with it (the owner then moves on, perhaps into a group of its own): re-read each time."""
+        branches = self.saga.children(owner)
+        while self.saga.status == RUNNING and branches and self.saga.children(owner) is branches:
             running = sum(1 for b in branches if not b.queued and b.outcome is None)
             queued = next((b for b in branches if b.queued), None)
             if queued is None or (state.MaxConcurrency and running >= state.MaxConcurrency):

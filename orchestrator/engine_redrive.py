@@ -1,11 +1,8 @@
 """Redrive: restart a failed saga at the step that failed, as Step Functions' RedriveExecution."""
 
-from datetime import timedelta
-
 from orchestrator.definition import MapState, ParallelState, TaskState
 from orchestrator.engine_base import RunBase
-from orchestrator.engine_groups import PARALLEL_LANE
-from orchestrator.state import RUNNING, TimerSpec
+from orchestrator.state import RUNNING, Lane
 
 
 class RedriveStep(RunBase):
@@ -20,32 +17,30 @@ class RedriveStep(RunBase):
         main = self.saga.main
         self.saga.status, self.saga.error, self.saga.redrive = RUNNING, None, None
         self.saga.redriveCount += 1
-        main.current, main.outcome, main.error = point.state, None, None
+        main.current, main.lastAttempt = point.state, point.lastAttempt
         self.note("ExecutionRedriven", main, detail={"redriveCount": self.saga.redriveCount})
-        state = self.wf.state(point.state)
+        self.saga.branches = point.branches
+        self.resume(main)
+
+    def resume(self, lane: Lane) -> None:
+        """Run the lane's current state again: a Task with its next attempt; a Parallel or Map with the lanes of
+        its group that did not succeed (each resumed the same way, down the tree), the iterations a failure
+        cancelled queued again; any other state from its start."""
+        lane.outcome, lane.error = None, None
+        state = self.wf.state(lane.prefix + (lane.current or ""))
+        branches = self.saga.children(lane)
         if isinstance(state, TaskState):
-            self.schedule(main, attempt=point.lastAttempt + 1, counts=[0] * len(state.Retry))
-        elif isinstance(state, ParallelState | MapState) and point.branches:
-            self.saga.branches = point.branches
-            for branch in self.saga.branches:
+            self.schedule(lane, attempt=lane.lastAttempt + 1, counts=[0] * len(state.Retry))
+        elif isinstance(state, ParallelState | MapState) and branches:
+            for branch in branches:
                 if branch.outcome == "cancelled":
                     branch.outcome, branch.queued = None, True
-            if isinstance(state, ParallelState) and state.TimeoutSeconds:
-                self.timers[PARALLEL_LANE] = TimerSpec(
-                    token=self._parallel_token(),
-                    dueAt=self.ctx.now + timedelta(seconds=state.TimeoutSeconds),
-                    kind="timeout",
-                )
-            for branch in self.saga.branches:
-                if branch.outcome == "succeeded" or branch.queued:
-                    continue
-                branch.outcome, branch.error = None, None
-                branch_state = self.wf.state(branch.prefix + (branch.current or ""))
-                if isinstance(branch_state, TaskState):
-                    self.schedule(branch, attempt=branch.lastAttempt + 1, counts=[0] * len(branch_state.Retry))
-                else:
-                    self.enter(branch)
+            if isinstance(state, ParallelState):
+                self.arm_group_timer(lane, state)
+            for branch in branches:
+                if branch.outcome != "succeeded" and not branch.queued:
+                    self.resume(branch)
             if isinstance(state, MapState):
-                self.fill_map(state)
+                self.fill_map(lane, state)
         else:
-            self.enter(main)
+            self.enter(lane)

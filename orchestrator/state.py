@@ -31,10 +31,28 @@ class TaskRun(BaseModel):
     )
 
 
-class Lane(BaseModel):
-    """A thread of execution: the main flow, or one branch of a Parallel state."""
+#: The lane key of the main flow, and the saga_timer lane of its Parallel's TimeoutSeconds.
+MAIN = "main"
+GROUP_TIMER = "parallel"
 
-    key: str = Field(description="'main' or 'branch:<i>': names the lane's timer.")
+
+def child_key(owner: str, index: int) -> str:
+    """The key of lane ``index`` of the group that lane ``owner`` runs: 'branch:<i>' under the main flow, then a
+    dot and the index per level ('branch:0.2'): unique in the saga, and as short as the nesting is deep."""
+    return f"branch:{index}" if owner == MAIN else f"{owner}.{index}"
+
+
+def group_timer_key(owner: str) -> str:
+    """The saga_timer lane of the TimeoutSeconds of the Parallel that lane ``owner`` runs: 'parallel' for the main
+    flow's (as before the tree of lanes), 'parallel:0.2' for the one lane 'branch:0.2' runs."""
+    return GROUP_TIMER if owner == MAIN else f"{GROUP_TIMER}:{owner.removeprefix('branch:')}"
+
+
+class Lane(BaseModel):
+    """A thread of execution: the main flow, or one branch of a Parallel state (or iteration of a Map), which may
+    run a Parallel or Map of its own: the lanes form a tree."""
+
+    key: str = Field(description="'main', or child_key's 'branch:<i>[.<j>...]': names the lane's timer.")
     prefix: str = Field("", description="Path of the lane's states in the definition.")
     current: str | None
     data: Any = Field(description="The current state's input; after a state, its output (any JSON value).")
@@ -48,6 +66,11 @@ class Lane(BaseModel):
     waitToken: str | None = Field(None, description="Set while the lane's Wait state waits: its timer's token.")
     item: dict[str, Any] | None = Field(
         None, description="A Map iteration's item, {Index, Value}: the context object's $$.Map.Item."
+    )
+    branches: list["Lane"] = Field(
+        default_factory=list,
+        description="The lanes of the Parallel or Map this branch runs (a nested group; the main flow's are "
+        "SagaState.branches). After the group failed and no Catch took it, kept as they ended for a redrive.",
     )
 
 
@@ -63,7 +86,11 @@ class SagaState(BaseModel):
     orderId: str
     status: str = RUNNING
     main: Lane
-    branches: list[Lane] = Field(default_factory=list)
+    branches: list[Lane] = Field(
+        default_factory=list,
+        description="The lanes of the main flow's Parallel or Map. Kept here, not in main.branches, so a saga "
+        "without nesting is stored as before the tree of lanes (an older replica reads it).",
+    )
     error: ErrorOut | None = None
     redrive: RedrivePoint | None = None
     redriveCount: int = 0
@@ -73,7 +100,31 @@ class SagaState(BaseModel):
         return self.status != RUNNING
 
     def lanes(self) -> list[Lane]:
-        return [self.main, *self.branches]
+        """Every lane of the tree, each before the lanes of its group."""
+        found: list[Lane] = []
+        pending = [self.main]
+        while pending:
+            lane = pending.pop(0)
+            found.append(lane)
+            pending[0:0] = self.children(lane)
+        return found
+
+    def children(self, owner: Lane) -> list[Lane]:
+        """The lanes of the group ``owner`` runs (empty when it runs none)."""
+        return self.branches if owner.key == MAIN else owner.branches
+
+    def set_children(self, owner: Lane, lanes: list[Lane]) -> None:
+        if owner.key == MAIN:
+            self.branches = lanes
+        else:
+            owner.branches = lanes
+
+    def owner_of(self, lane: Lane) -> Lane:
+        """The lane whose group ``lane`` is in."""
+        return next(owner for owner in self.lanes() if any(child is lane for child in self.children(owner)))
+
+    def lane(self, key: str) -> Lane | None:
+        return next((lane for lane in self.lanes() if lane.key == key), None)
 
     def current_step(self) -> str | None:
         return self.main.current

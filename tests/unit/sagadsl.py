@@ -103,8 +103,9 @@ class SagaDsl:
         """Move the clock to the lane's Wait timer and fire it."""
         return self._fire(lane, "wait")
 
-    def fire_parallel_timeout(self) -> Self:
-        return self._fire(PARALLEL_LANE, "timeout")
+    def fire_parallel_timeout(self, lane: str = PARALLEL_LANE) -> Self:
+        """Fire a Parallel's TimeoutSeconds: the main flow's, or (``parallel:0``) the one lane branch:0 runs."""
+        return self._fire(lane, "timeout")
 
     def _fire(self, lane: str, kind: str) -> Self:
         timer = self.timers.get(lane)

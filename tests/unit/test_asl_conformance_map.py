@@ -7,8 +7,6 @@ from typing import Any
 import pytest
 from sagadsl import given
 
-from orchestrator.definition import DefinitionError, parse
-
 pytestmark = pytest.mark.unit
 
 SHIPMENT = {
@@ -139,31 +137,3 @@ def test_parallel_branches_get_the_effective_input_and_result_selector_applies()
     }
     saga = given(document).start({"orderId": "O-1"}).expect_status("SUCCEEDED")
     assert saga.data == {"orderId": "O-1", "both": {"first": {"id": "O-1"}, "second": 1}}
-
-
-@pytest.mark.parametrize(
-    ("inner", "message"),
-    [
-        (
-            {
-                "Type": "Map",
-                "ItemProcessor": {"StartAt": "X", "States": {"X": {"Type": "Pass", "End": True}}},
-                "End": True,
-            },
-            "a Map inside a Map is not supported yet",
-        ),
-        (
-            {
-                "Type": "Parallel",
-                "Branches": [{"StartAt": "X", "States": {"X": {"Type": "Pass", "End": True}}}],
-                "End": True,
-            },
-            "a Parallel inside a Map is not supported yet",
-        ),
-    ],
-)
-def test_nesting_is_refused_when_the_definition_loads(inner: dict, message: str) -> None:
-    document = validate_all()
-    document["States"]["ValidateAll"]["ItemProcessor"]["States"] = {"Validate": inner}
-    with pytest.raises(DefinitionError, match=message):
-        parse(document)
