@@ -13,6 +13,7 @@ asked once more, same key, before its Catch applies). A stored version is that f
 """
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -381,6 +382,23 @@ class Workflow(_Strict):
         return states[parts[0]]
 
 
+def inner_states(state: Any) -> list[dict[str, AnyState]]:
+    """The state maps nested directly in ``state``: a Parallel's branches, a Map's ItemProcessor."""
+    if isinstance(state, ParallelState):
+        return [branch.States for branch in state.Branches]
+    if isinstance(state, MapState):
+        return [state.processor.States]
+    return []
+
+
+def all_states(states: dict[str, AnyState]) -> Iterator[tuple[str, AnyState]]:
+    """Every state, at any depth (inside Parallel branches and Map processors), with its name."""
+    for name, state in states.items():
+        yield name, state
+        for nested in inner_states(state):
+            yield from all_states(nested)
+
+
 def _check_links(where: str, start: str, states: dict[str, Any]) -> None:
     if start not in states:
         raise ValueError(f"{where}StartAt {start!r} is not a state")
@@ -402,11 +420,7 @@ def _check_depth(states: dict[str, Any], where: str = "", depth: int = 1) -> Non
     """Parallel and Map nest up to MAX_GROUP_DEPTH deep: each level adds '.<i>' to its lanes' keys (saga_timer's
     lane) and a level of lanes to the stored state."""
     for name, state in states.items():
-        inner = []
-        if isinstance(state, ParallelState):
-            inner = [branch.States for branch in state.Branches]
-        elif isinstance(state, MapState):
-            inner = [state.processor.States]
+        inner = inner_states(state)
         if inner and depth > MAX_GROUP_DEPTH:
             raise ValueError(
                 f"{where}{name}: a {state.Type} nested {depth} deep; Parallel and Map nest at most "

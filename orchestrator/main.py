@@ -2,7 +2,6 @@
 
 import asyncio
 import functools
-from typing import Any
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
@@ -166,18 +165,8 @@ def build(settings: OrchestratorSettings) -> Process:
 
 
 def _resources(workflow: definition.Workflow) -> list[str]:
-    found: list[str] = []
-
-    def walk(states: dict[str, Any]) -> None:
-        for state in states.values():
-            if isinstance(state, definition.TaskState):
-                found.append(state.Resource)
-            elif isinstance(state, definition.ParallelState):
-                for branch in state.Branches:
-                    walk(branch.States)
-
-    walk(workflow.States)
-    return found
+    """Every Task's resource at any depth: a service called only inside a Map still gets its queue declared."""
+    return [s.Resource for _, s in definition.all_states(workflow.States) if isinstance(s, definition.TaskState)]
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from orchestrator.definition import FailState, ParallelState, SucceedState, TaskState, Workflow
-from orchestrator.state import Decision, HistoryEntry, SagaState, TaskRun
+from orchestrator.definition import FailState, SucceedState, TaskState, Workflow, all_states
+from orchestrator.state import Decision, HistoryEntry, Lane, SagaState, TaskRun
 
 SAGAS_STARTED = Counter("orderflow_sagas_started_total", "Sagas started.")
 SAGAS_FINISHED = Counter("orderflow_sagas_finished_total", "Sagas finished, by terminal status.", ["status"])
@@ -120,7 +120,7 @@ def observe(
         elif entry.event == "TaskFailed":
             STEP_FAILURES.labels(step, entry.error or "unknown").inc()
         elif entry.event == "ParallelStateTimedOut" and before is not None:
-            for branch in before.branches:
+            for branch in _cut_by_timeout(before, entry.lane):
                 if branch.outcome is None and branch.current is not None and branch.current in compensations:
                     COMPENSATIONS.labels(branch.current, FAILED).inc()
         if entry.event in _REPLY_EVENTS:
@@ -154,13 +154,23 @@ def _retry_follows(history: list[HistoryEntry], i: int) -> bool:
     return following is not None and following.event == "RetryScheduled"
 
 
+def _cut_by_timeout(before: SagaState, owner_key: str) -> list[Lane]:
+    """The lanes under the Parallel that timed out (its owner's group, at every depth below it)."""
+    owners = [lane for lane in before.lanes() if lane.key == owner_key]
+    found: list[Lane] = []
+    pending = before.children(owners[0]) if owners else []
+    while pending:
+        lane = pending.pop(0)
+        found.append(lane)
+        pending.extend(before.children(lane))
+    return found
+
+
 def _tasks(states: dict[str, Any]) -> Iterator[tuple[str, TaskState]]:
-    for name, state in states.items():
+    """Every Task at any depth (Parallel branches, Map processors)."""
+    for name, state in all_states(states):
         if isinstance(state, TaskState):
             yield name, state
-        elif isinstance(state, ParallelState):
-            for branch in state.Branches:
-                yield from _tasks(branch.States)
 
 
 def _statuses(states: dict[str, Any]) -> set[str]:

@@ -137,3 +137,25 @@ def test_parallel_branches_get_the_effective_input_and_result_selector_applies()
     }
     saga = given(document).start({"orderId": "O-1"}).expect_status("SUCCEEDED")
     assert saga.data == {"orderId": "O-1", "both": {"first": {"id": "O-1"}, "second": 1}}
+
+
+def test_a_task_only_inside_a_map_still_gets_its_command_queue_declared() -> None:
+    """The orchestrator declares the command queue of every Task it may send to (commands are mandatory); a
+    service called only from a Map's ItemProcessor, nested in a Parallel, is one of them."""
+    from orchestrator import definition
+    from orchestrator.main import _resources
+    from orchestrator.metrics import _tasks
+
+    nested = {
+        "StartAt": "Both",
+        "States": {
+            "Both": {
+                "Type": "Parallel",
+                "Branches": [validate_all(), {"StartAt": "Other", "States": {"Other": {"Type": "Succeed"}}}],
+                "End": True,
+            }
+        },
+    }
+    workflow = definition.Workflow.model_validate(nested)
+    assert _resources(workflow) == ["svc.Ship"]
+    assert [name for name, _ in _tasks(workflow.States)] == ["Validate"]
