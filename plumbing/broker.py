@@ -25,6 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pamqp import commands
 
 from plumbing import metrics, topology
+from plumbing.backoff import BROKER_CONNECT
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Broker:
 
     async def connect(self) -> None:
         """Connect, retrying with backoff until the broker answers."""
-        delay = 0.5
+        failures = 0
         while True:
             try:
                 self.connection = await aio_pika.connect_robust(
@@ -61,8 +62,8 @@ class Broker:
                 break
             except (OSError, aio_pika.exceptions.AMQPError) as exc:
                 log.warning("broker not reachable, retrying", extra={"fields": {"error": str(exc)}})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                failures += 1
+                await asyncio.sleep(BROKER_CONNECT.delay(failures))
         self._watch_blocking()
         self.connection.reconnect_callbacks.add(lambda *_: self._watch_blocking())
         self._publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)

@@ -13,6 +13,7 @@ import uvloop
 from aiohttp import web
 
 from plumbing import metrics, retention
+from plumbing.backoff import DATABASE_CONNECT
 from plumbing.broker import Broker
 from plumbing.consumer import Consumer, RejectHook, Route
 from plumbing.db import create_pool
@@ -190,14 +191,14 @@ class Process:
 
 
 async def _create_pool_with_retry(settings: ProcessSettings) -> asyncpg.Pool:
-    delay = 0.5
+    failures = 0
     while True:
         try:
             return await create_pool(settings.database_url, size=settings.db_pool_size)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("database not reachable, retrying", extra={"fields": {"error": str(exc)}})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            failures += 1
+            await asyncio.sleep(DATABASE_CONNECT.delay(failures))
 
 
 def run_process(process: Process) -> None:

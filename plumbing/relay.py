@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from plumbing import metrics, parking, tracing
+from plumbing.backoff import RELAY_RESTART
 from plumbing.broker import Broker
 from plumbing.envelope import Envelope
 from plumbing.outbox import NOTIFY_CHANNEL, Pending
@@ -99,6 +100,7 @@ class OutboxRelay:
         # The first sweep also takes rows held since before this process started: a crashed run's are
         # published at once instead of after their hold (a live replica's are published twice, and absorbed).
         held_before = self._started_at
+        failures = 0
         while True:
             try:
                 await self._listen()
@@ -106,7 +108,9 @@ class OutboxRelay:
                     # Clear before reading: a commit nudging while this batch is out sets it again, so no row
                     # waits for the safety wake, and a batch that was not full needs no second, empty read.
                     self._wake.clear()
-                    if await self.publish_pending(held_before=held_before) == _BATCH:
+                    taken = await self.publish_pending(held_before=held_before)
+                    failures = 0
+                    if taken == _BATCH:
                         continue
                     held_before = None
                     with contextlib.suppress(TimeoutError):
@@ -117,21 +121,25 @@ class OutboxRelay:
             except Exception:
                 log.warning("outbox relay interrupted; retrying", exc_info=True)
                 await self._close_listener()
-                await asyncio.sleep(1.0)
+                failures += 1
+                await asyncio.sleep(RELAY_RESTART.delay(failures))
 
     async def _tidy_loop(self) -> None:
         """Delete the rows published after their commit, gathered over ``_TIDY_SECONDS`` into one statement."""
+        failures = 0
         while True:
             await self._tidy.wait()
             if len(self._published) < _BATCH:
                 await asyncio.sleep(_TIDY_SECONDS)
             try:
                 await self.tidy()
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("deleting published outbox rows failed; retrying", exc_info=True)
-                await asyncio.sleep(1.0)
+                failures += 1
+                await asyncio.sleep(RELAY_RESTART.delay(failures))
                 self._tidy.set()
 
     async def tidy(self) -> None:
