@@ -14,11 +14,15 @@ from harness import migrated_pool
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
-from plumbing import inbox
 from plumbing.commands import command_route
 from plumbing.consumer import MessageContext
 from plumbing.envelope import HEADER_DEADLINE, Envelope
 from plumbing.errors import COMMAND_EXPIRED
+from plumbing.middleware.deadline import Deadline
+from plumbing.middleware.delivery import Delivery, Unit
+from plumbing.middleware.inbox import Transaction
+from plumbing.middleware.replies import Replies
+from plumbing.middleware.stack import Stack
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
 
 pytestmark = pytest.mark.integration
@@ -36,7 +40,7 @@ class Pong(BaseModel):
 
 
 @dataclass
-class Delivery:
+class Message:
     """What aio_pika's IncomingMessage offers the envelope: the same attribute names."""
 
     body: bytes
@@ -59,20 +63,25 @@ def expired_count() -> float:
 
 
 async def handle(pool: asyncpg.Pool, deadline: datetime | None) -> tuple[list[str], list[tuple[str, dict]]]:
-    """Handle one Ping as a consumer does (inbox claim and handler in one transaction) at NOW; returns the
-    handler's calls and the replies written to the outbox, as (type, body)."""
+    """Handle one Ping through a consumer's unit of work (its transaction with the inbox claim, then the
+    deadline and the replies) at NOW; returns the handler's calls and the replies written to the outbox, as
+    (type, body)."""
     calls: list[str] = []
 
     async def pong(ctx: MessageContext, ping: Ping) -> Pong:
         calls.append(ping.orderId)
         return Pong(orderId=ping.orderId)
 
-    route = command_route(Ping, pong, clock=lambda: NOW)
+    stack = Stack(
+        receive=[],
+        unit=[Transaction(pool=pool, consumer="svc", queue=QUEUE)],
+        handle=[Deadline(clock=lambda: NOW), Replies()],
+    )
     envelope = Envelope(type="Ping", correlationId="ORDER#1", replyTo="orchestrator", deadline=deadline)
-    async with pool.acquire() as conn, conn.transaction():
-        assert await inbox.claim(conn, "svc", envelope.messageId)
-        ctx = MessageContext(envelope=envelope, conn=conn, consumer="svc", queue=QUEUE)
-        await route.handler(ctx, Ping(orderId="ORDER#1"))
+    delivery = Delivery(message=Message(body=b"{}", headers=envelope.headers()))  # read by no middleware here
+    delivery.envelope, delivery.route, delivery.payload = envelope, command_route(Ping, pong), Ping(orderId="ORDER#1")
+    await stack.unit.run(Unit([delivery]))
+    assert delivery.outcome == "ok"
     rows = await pool.fetch(
         "SELECT envelope, body FROM outbox WHERE envelope->>'causationId' = $1 ORDER BY id", envelope.messageId
     )
@@ -107,9 +116,9 @@ def test_the_deadline_rides_in_the_x_deadline_header_and_is_utc() -> None:
     envelope = Envelope(type="Ping", correlationId="ORDER#1", replyTo="orchestrator", deadline=deadline)
     message = envelope.to_amqp(b"{}")
     assert message.headers[HEADER_DEADLINE] == "2024-05-01T12:00:30.250000+00:00"
-    back = Envelope.from_amqp(Delivery(body=b"{}", headers=dict(message.headers), message_id=envelope.messageId))
+    back = Envelope.from_amqp(Message(body=b"{}", headers=dict(message.headers), message_id=envelope.messageId))
     assert back.deadline == deadline
     # From an outside client: bytes, and no zone (read as UTC).
-    naive = Envelope.from_amqp(Delivery(body=b"{}", headers={HEADER_DEADLINE: b"2024-05-01T12:00:30"}))
+    naive = Envelope.from_amqp(Message(body=b"{}", headers={HEADER_DEADLINE: b"2024-05-01T12:00:30"}))
     assert naive.deadline == datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC)
     assert HEADER_DEADLINE not in Envelope(type="Ping", correlationId=str(uuid.uuid4())).headers()

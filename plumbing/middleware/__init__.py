@@ -1,0 +1,1 @@
+"""The consumer's concerns as middlewares, run forward then in reverse (plumbing/middleware/stack.py)."""

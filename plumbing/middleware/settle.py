@@ -1,0 +1,54 @@
+"""Settle a unit with the broker: after the commit, publish what it wrote, then acknowledge its deliveries.
+
+The acknowledgement waits for the broker's confirms of the messages the commit wrote, so a slow broker slows
+the consumer down instead of piling publishes up in memory; a delivery is never acknowledged before what it
+caused is committed and confirmed. A unit that failed is handed back to the broker (requeued); after the
+queue's delivery limit the broker dead-letters it. Poison is not settled here: the dead-lettering outside does.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from plumbing import outbox
+from plumbing.errors import PoisonMessage
+from plumbing.middleware.base import HANDLED, RAISE, Middleware, Verdict
+from plumbing.middleware.delivery import Unit
+
+log = logging.getLogger(__name__)
+
+#: Publishes the rows a commit wrote, and waits for the broker's confirms (the relay's publish_committed).
+CommitHook = Callable[[Sequence[outbox.Pending]], Awaitable[None]]
+
+
+class Settle(Middleware[Unit]):
+    def __init__(self, *, on_committed: CommitHook | None) -> None:
+        self.on_committed = on_committed
+
+    async def after(self, unit: Unit) -> None:
+        try:
+            if self.on_committed is not None and unit.written:
+                await self.on_committed(unit.written)
+            for delivery in unit.deliveries:
+                await delivery.message.ack()
+        except Exception as error:
+            await self._requeue(unit, error)
+
+    async def on_error(self, unit: Unit, error: BaseException) -> Verdict:
+        if not isinstance(error, Exception) or isinstance(error, PoisonMessage):
+            return RAISE
+        await self._requeue(unit, error)
+        return HANDLED
+
+    async def _requeue(self, unit: Unit, error: Exception) -> None:
+        log.error("handler failed; requeueing", exc_info=error)
+        for delivery in unit.deliveries:
+            await settle(delivery.message.nack(requeue=True))
+            delivery.outcome = "requeued"
+
+
+async def settle(action: Awaitable[None]) -> None:
+    """Await an ack or nack whose failure changes nothing: with the channel gone, the broker requeues anyway."""
+    try:
+        await action
+    except Exception:
+        log.debug("could not settle delivery", exc_info=True)
