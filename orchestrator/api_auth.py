@@ -76,14 +76,26 @@ def bearer_token(request: web.Request) -> str | None:
     return credentials.strip()
 
 
-def bearer_auth(lookup: TokenLookup, *, public: Collection[str] = ()) -> Any:
-    """The middleware: authenticate every request but those to ``public`` paths, then check the role."""
+def session_token(request: web.Request, cookie: tuple[str, str] | None) -> str | None:
+    """The console's session cookie (orchestrator/console/session.py), taken only under its path prefix: the JSON
+    API stays bearer-only, so a browser's cookie never authenticates a cross-site request to it."""
+    if cookie is None:
+        return None
+    prefix, name = cookie
+    if request.path != prefix.rstrip("/") and not request.path.startswith(prefix):
+        return None
+    return request.cookies.get(name) or None
+
+
+def bearer_auth(lookup: TokenLookup, *, public: Collection[str] = (), cookie: tuple[str, str] | None = None) -> Any:
+    """The middleware: authenticate every request but those to ``public`` paths, then check the role.
+    ``cookie`` (path prefix, cookie name): where a session cookie may stand in for the Authorization header."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in public:
             return await handler(request)
-        token = bearer_token(request)
+        token = bearer_token(request) or session_token(request, cookie)
         if token is None:
             return unauthorized(None)
         principal = await lookup(token)

@@ -1,0 +1,153 @@
+"""One saga in the console (/console/sagas/{orderId}): the workflow graph of the definition the saga runs on,
+marked with what this saga did, its steps and history as a timeline, and the operator's redrive button.
+
+The data is the API's (saga_detail.detail, the body of GET /api/v1/sagas/{orderId}); the definition is the
+stored version the saga records (orchestrator/versions.py), the one its transitions use. The redrive form
+posts to /console/sagas/{orderId}/redrive, which does what POST /api/v1/sagas/{orderId}/redrive does
+(api_actions.redrive: same checks, same audit entry, same metric) and comes back here.
+"""
+
+from html import escape
+
+from aiohttp import web
+
+from orchestrator import api_actions, saga_queries
+from orchestrator.api_auth import principal_of
+from orchestrator.api_models import SagaDetail
+from orchestrator.api_sagas import GET_POOL, NUDGE, RUNNER, audit_actor
+from orchestrator.console import graph
+from orchestrator.console.html import page, see_other
+from orchestrator.console.list_page import REFRESH_SECONDS, saga_link
+from orchestrator.saga_detail import detail
+
+#: History events that mark their state as where the saga failed (a Task's own failure is its last attempt's).
+FAILING_EVENTS = frozenset({"ChoiceStateFailed", "StateDataFailed", "ParallelStateTimedOut"})
+NOTICES = {
+    "redriven": "Redrive requested: the saga goes on from the step that failed.",
+    "refused": "Not redriven: see why below.",
+}
+
+
+def marks_of(saga: SagaDetail) -> dict[str, graph.Mark]:
+    """Per state: visited, its last run's outcome, its runs (attempts of every step of that state), failed."""
+    visited = {h.state for h in saga.history if h.state}
+    runs: dict[str, int] = {}
+    outcome: dict[str, str] = {}
+    for step in saga.steps:
+        runs[step.step] = runs.get(step.step, 0) + len(step.attempts)
+        outcome[step.step] = step.outcome
+    failing = {h.state for h in saga.history if h.event in FAILING_EVENTS and h.state}
+    return {
+        name: graph.Mark(
+            visited=True,
+            outcome=outcome.get(name),
+            runs=runs.get(name, 0),
+            failed=outcome.get(name) in ("failed", "timed_out") or name in failing,
+        )
+        for name in visited
+    }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def timeline(saga: SagaDetail) -> str:
+    """The history, oldest first: time since the start, event, state and lane, attempt, error, and for the end
+    of a run its duration."""
+    durations = {a.commandId: a for step in saga.steps for a in step.attempts}
+    rows = []
+    for h in saga.history:
+        run = durations.get(h.commandId or "")
+        took = _duration(run.durationSeconds) if run and run.endedAt == h.at else ""
+        error = f"{escape(h.error)}: {escape(h.cause or '')}" if h.error else ""
+        css = "event failed" if h.error else "event"
+        since = _duration((h.at - saga.createdAt).total_seconds()) or "0 ms"
+        rows.append(
+            f'<li class="{css}" data-event="{escape(h.event)}"><span class="at">+{since}'
+            f"</span> <b>{escape(h.event)}</b> {escape(h.state or '')}"
+            f"{'' if h.lane == 'main' else f' <i>{escape(h.lane)}</i>'}"
+            f"{f' · attempt {h.attempt}' if h.attempt else ''}"
+            f"{f' · {took}' if took else ''}{f' <span class=err>{error}</span>' if error else ''}</li>"
+        )
+    return f'<ol class="timeline" id="timeline">{"".join(rows)}</ol>'
+
+
+def steps_table(saga: SagaDetail) -> str:
+    rows = "".join(
+        f'<tr class="outcome-{s.outcome}"><td>{escape(s.step)}</td><td>{escape(s.lane)}</td><td>{s.outcome}</td>'
+        f"<td>{len(s.attempts)}</td><td>{_duration(sum(a.durationSeconds or 0 for a in s.attempts))}</td>"
+        f"<td>{escape(s.attempts[-1].error or '')}</td></tr>"
+        for s in saga.steps
+    )
+    return (
+        '<table class="steps"><thead><tr><th>Step</th><th>Lane</th><th>Outcome</th><th>Attempts</th>'
+        f"<th>Time</th><th>Last error</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def redrive_form(saga: SagaDetail) -> str:
+    action = escape(saga_link(saga.orderId) + "/redrive")
+    return (
+        f'<form method="post" action="{action}" class="confirm" id="redrive-form" '
+        f'data-confirm="Redrive {escape(saga.orderId)} from the step that failed?">'
+        '<input name="reason" id="redrive-reason" maxlength="500" placeholder="Why (for the audit entry)">'
+        '<button type="submit" id="redrive">Redrive</button></form>'
+    )
+
+
+def summary(saga: SagaDetail, *, operator: bool) -> str:
+    error = f"{escape(saga.error.Error)}: {escape(saga.error.Cause or '')}" if saga.error else "none"
+    actions = redrive_form(saga) if operator and saga.redrive.redrivable else ""
+    why = "" if saga.redrive.redrivable else f'<p class="hint">{escape(saga.redrive.reason or "")}</p>'
+    return (
+        f'<dl class="summary"><dt>Status</dt><dd id="saga-status" class="status status-{saga.status}">'
+        f"{saga.status}</dd><dt>Step</dt><dd>{escape(saga.currentStep or '')}</dd><dt>Error</dt><dd>{error}</dd>"
+        f"<dt>Workflow</dt><dd>{escape(saga.workflow.name or '')} {escape(saga.workflow.version or '')}</dd>"
+        f"<dt>Started</dt><dd>{saga.createdAt:%Y-%m-%d %H:%M:%S} UTC</dd><dt>Took</dt>"
+        f"<dd>{_duration(saga.durationSeconds) or 'running'}</dd><dt>Redriven</dt><dd>{saga.redriveCount}</dd></dl>"
+        f"{actions}{why}"
+    )
+
+
+async def saga_page(request: web.Request) -> web.Response:
+    order_id = request.match_info["orderId"]
+    principal = principal_of(request)
+    who = (principal.name, principal.role)
+    async with request.app[GET_POOL]().acquire() as conn:
+        row = await saga_queries.saga_row(conn, order_id)
+        if row is None:
+            return page("Not found", f'<p class="error">No saga for order {escape(order_id)}.</p>', status=404, who=who)
+        saga = detail(row, await saga_queries.history(conn, order_id))
+        try:
+            workflow = await request.app[RUNNER].versions.workflow(conn, row["workflow_version"])
+            drawing = graph.render(workflow.StartAt, workflow.States, marks_of(saga))
+        except LookupError as exc:  # a version no longer stored: the rest of the page still helps
+            drawing = f'<p class="error">No graph: {escape(str(exc))}</p>'
+    notice = NOTICES.get(request.query.get("notice", ""), "")
+    live = f' data-live="{REFRESH_SECONDS}"' if saga.status == "RUNNING" else ""
+    body = (
+        f"<h1>{escape(order_id)}</h1>{f'<p class=notice id=notice>{notice}</p>' if notice else ''}"
+        f'<section id="live"{live}><div class="saga-view">'
+        f'<div class="graph">{drawing}</div>'
+        f'<div class="side">{summary(saga, operator=principal.may("operator"))}<h2>Steps</h2>{steps_table(saga)}'
+        f"<h2>History</h2>{timeline(saga)}</div></div></section>"
+    )
+    return page(order_id, body, who=who)
+
+
+async def redrive(request: web.Request) -> web.StreamResponse:
+    """The redrive button: api_actions.redrive as the API runs it, then back to the saga's page."""
+    order_id = request.match_info["orderId"]
+    reason = str((await request.post()).get("reason", "")).strip()[:500] or None
+    async with request.app[GET_POOL]().acquire() as conn:
+        try:
+            await api_actions.redrive(conn, request.app[RUNNER], order_id, actor=audit_actor(request), reason=reason)
+        except api_actions.NoSuchSaga:
+            raise web.HTTPNotFound(text=f"no saga for order {order_id!r}") from None
+        except api_actions.NotRedrivable:
+            return see_other(saga_link(order_id) + "?notice=refused")
+    request.app[NUDGE]()
+    return see_other(saga_link(order_id) + "?notice=redriven")
