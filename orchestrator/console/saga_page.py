@@ -14,7 +14,7 @@ from aiohttp import web
 from orchestrator import api_actions, saga_queries
 from orchestrator.api_auth import principal_of
 from orchestrator.api_models import SagaDetail
-from orchestrator.api_sagas import GET_POOL, NUDGE, RUNNER, audit_actor
+from orchestrator.api_sagas import NUDGE, RUNNER, _pool, audit_actor
 from orchestrator.console import graph
 from orchestrator.console.html import page, see_other
 from orchestrator.console.list_page import REFRESH_SECONDS, saga_link
@@ -116,7 +116,7 @@ async def saga_page(request: web.Request) -> web.Response:
     order_id = request.match_info["orderId"]
     principal = principal_of(request)
     who = (principal.name, principal.role)
-    async with request.app[GET_POOL]().acquire() as conn:
+    async with _pool(request).acquire() as conn:
         row = await saga_queries.saga_row(conn, order_id)
         if row is None:
             return page("Not found", f'<p class="error">No saga for order {escape(order_id)}.</p>', status=404, who=who)
@@ -142,7 +142,7 @@ async def redrive(request: web.Request) -> web.StreamResponse:
     """The redrive button: api_actions.redrive as the API runs it, then back to the saga's page."""
     order_id = request.match_info["orderId"]
     reason = str((await request.post()).get("reason", "")).strip()[:500] or None
-    async with request.app[GET_POOL]().acquire() as conn:
+    async with _pool(request).acquire() as conn:
         try:
             await api_actions.redrive(conn, request.app[RUNNER], order_id, actor=audit_actor(request), reason=reason)
         except api_actions.NoSuchSaga:
