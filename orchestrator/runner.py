@@ -20,10 +20,10 @@ import asyncpg
 
 from contracts.orders import OrderOutcome, OrderRejected
 from contracts.registry import BY_NAME
-from orchestrator import metrics, saga_clock
+from orchestrator import manual_actions, metrics, saga_clock
 from orchestrator.definition import Workflow
 from orchestrator.engine import Context, decide
-from orchestrator.state import Decision, Event, SagaState, Started
+from orchestrator.state import Decision, Event, ReplyReceived, SagaState, Started
 from orchestrator.versions import Versions
 from plumbing import outbox
 from plumbing.envelope import Envelope
@@ -79,9 +79,12 @@ class Runner:
     async def apply(
         self, conn: asyncpg.Connection, order_id: str, event: Event, *, causation_id: str | None
     ) -> Decision | None:
-        """Apply a reply or a timer to a running saga; None when the saga does not exist."""
+        """Apply a reply or a timer to a running saga; None when the saga does not exist, or when the reply
+        answers an operator's command sent outside the workflow (a manual refund: recorded apart)."""
         row = await lock_saga(conn, order_id)
         if row is None:
+            return None
+        if isinstance(event, ReplyReceived) and await manual_actions.settle(conn, order_id, event, at=self.clock()):
             return None
         before = SagaState.model_validate(row["state"])
         workflow = await self.versions.workflow(conn, row["workflow_version"])
