@@ -6,14 +6,15 @@ camelCase as in the saga's own documents. A field's description is what the docu
 """
 
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from contracts.orders import OrderStatus
+from contracts.base import HeaderText, Money
+from contracts.orders import CancellationStatus, OrderStatus
 
-SagaStatus = Literal["RUNNING", OrderStatus]
-SAGA_STATUSES: tuple[str, ...] = ("RUNNING", *get_args(OrderStatus))
+SagaStatus = Literal["RUNNING", OrderStatus, CancellationStatus]
+SAGA_STATUSES: tuple[str, ...] = ("RUNNING", *get_args(OrderStatus), *get_args(CancellationStatus))
 #: Sagas a redrive may restart: those that ended with a compensation that failed. Any other end is final
 #: (CONFIRMED, CANCELLED, a compensated failure), and a RUNNING saga is still being driven.
 REDRIVABLE: frozenset[str] = frozenset({"FAILED_CRITICAL"})
@@ -72,6 +73,10 @@ class SagaSummary(BaseModel):
     createdAt: datetime
     updatedAt: datetime
     redriveCount: int = Field(description="How often it was redriven.")
+    workflowName: str | None = Field(
+        None, description="Its workflow: order, or cancellation (keyed '<orderId> cancel'); null: an order saga "
+        "from before workflows were named."
+    )
     workflowVersion: str | None = Field(description="The version of the definition it runs on.")
 
 
@@ -205,6 +210,48 @@ class BulkRedriveResult(BaseModel):
     orderIds: list[str] = Field(description="The sagas redriven, or with dryRun those that would be.")
     failed: list[BulkFailure] = Field(description="Sagas that could not be redriven after all (changed meanwhile).")
     truncated: bool = Field(description="More sagas matched than limit: run it again for the rest.")
+
+
+#: A client's Idempotency-Key header on a refund: printable ASCII, no spaces (it becomes part of Stripe's key).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7E]{1,100}$"
+RefundAmount = Annotated[Money, Field(gt=0)]
+
+
+class RefundRequest(Model):
+    """Body of a manual refund: how much (all that remains when absent) and why."""
+
+    amount: RefundAmount | None = Field(
+        None,
+        description="In the order's currency, major units (12.50); at most what the charge still holds. "
+        "Absent: all that remains.",
+    )
+    reason: Annotated[HeaderText, Field(min_length=1, max_length=400)] = Field(
+        description="Why, for the audit entry and the refund's Stripe metadata (one line, up to 400 characters)."
+    )
+
+
+class RefundResult(BaseModel):
+    """A manual refund: asked (pending) or, for a repeated Idempotency-Key, how it ended."""
+
+    orderId: str
+    requestKey: str = Field(description="The request's Idempotency-Key header, or the one the API made.")
+    commandId: str = Field(description="The RefundPayment command's id; its reply's causation id.")
+    idempotencyKey: str = Field(description="Stripe's Idempotency-Key: {orderId}-manual-refund-{requestKey}.")
+    status: Literal["pending", "succeeded", "failed"] = Field(
+        description="pending until the payment service answers; the saga's history then gets "
+        "ManualRefundSucceeded or ManualRefundFailed."
+    )
+    amount: float | None = Field(description="The amount asked; null: all that remained.")
+    expected: float = Field(description="What the refund gives back by the saga's records.")
+    currency: str
+    reason: str
+    refunded: float | None = Field(None, description="What the payment service refunded, once it succeeded.")
+    refundId: str | None = Field(None, description="Stripe's refund id, once it succeeded.")
+    error: str | None = Field(None, description="Why it failed (e.g. RefundExceedsCharge), if it did.")
+    cause: str | None = None
+    requestedAt: datetime
+    by: Actor
+    replayed: bool = Field(description="true: an earlier request with the same Idempotency-Key; nothing was sent.")
 
 
 class Problem(BaseModel):

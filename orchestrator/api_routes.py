@@ -18,6 +18,8 @@ from orchestrator.api_models import (
     ListQuery,
     RedriveRequest,
     RedriveResult,
+    RefundRequest,
+    RefundResult,
     SagaDetail,
     SagaPage,
 )
@@ -50,6 +52,8 @@ class ApiRoute:
     errors: tuple[int, ...] = ()
     #: Served without a token (the OpenAPI document).
     public: bool = False
+    #: The statuses of a successful answer (202: accepted, done later; 200 also: a request repeated).
+    ok_statuses: tuple[int, ...] = (200,)
 
     @property
     def role(self) -> Role | None:
@@ -106,6 +110,26 @@ ROUTES: tuple[ApiRoute, ...] = (
         body=RedriveRequest,
         response=RedriveResult,
         errors=(400, 404, 409),
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/sagas/{orderId}/refund",
+        api_sagas.refund_saga,
+        "refundSaga",
+        "Refund part or all of what an order was charged (customer service's manual refund)",
+        "Sends RefundPayment to the payment service with an idempotency key of its own, "
+        "{orderId}-manual-refund-{requestKey}: requestKey is the request's Idempotency-Key header (a retry with "
+        "the same key refunds once and answers 200 with replayed true) or one the API makes. Absent amount: "
+        "all that remains. Never more than was charged: the API checks the saga's records (409 when nothing "
+        "was charged, the saga has not ended or is FAILED_CRITICAL, or nothing remains; 422 when the amount is "
+        "more than remains), and the payment service checks Stripe's charge (ManualRefundFailed with "
+        "RefundExceedsCharge, no money moved). The saga's history gets ManualRefundRequested (who, role, from "
+        "where, amount, reason) in the same transaction, then ManualRefundSucceeded or ManualRefundFailed; the "
+        "saga's status does not change. 202: asked, the outcome follows in the history.",
+        body=RefundRequest,
+        response=RefundResult,
+        errors=(400, 404, 409, 422),
+        ok_statuses=(202, 200),
     ),
     ApiRoute(
         "GET",

@@ -1,11 +1,12 @@
-"""The handlers of /api/v1/sagas: list, detail, redrive one, redrive by filter. orchestrator/api_routes.py maps
-them to paths; what they read and write is in saga_queries, saga_detail and api_actions.
+"""The handlers of /api/v1/sagas: list, detail, redrive one, redrive by filter, refund. orchestrator/api_routes.py
+maps them to paths; what they read and write is in saga_queries, saga_detail, api_actions and api_refund.
 
 Input is validated by the request models (orchestrator/api_models.py) and refused as a 400 problem naming each
 bad parameter; answers are the response models as JSON.
 """
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar, get_origin
 
@@ -13,20 +14,24 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from orchestrator import api_actions, saga_queries
+from orchestrator import api_actions, api_refund, refund_policy, saga_queries
 from orchestrator.api_auth import actor
 from orchestrator.api_models import (
+    IDEMPOTENCY_KEY_PATTERN,
     BulkRedriveRequest,
     BulkRedriveResult,
     ListQuery,
     RedriveRequest,
     RedriveResult,
+    RefundRequest,
+    RefundResult,
     SagaFilter,
 )
 from orchestrator.problems import problem
 from orchestrator.runner import Runner
 from orchestrator.saga_detail import detail
 from orchestrator.status import saga_view
+from plumbing.envelope import new_id
 
 #: What the handlers use of the process: its pool (None until the database is connected), its Runner, and
 #: a way to wake its outbox relay once a redrive wrote commands.
@@ -133,6 +138,44 @@ async def redrive_saga(request: web.Request) -> web.Response:
             return problem(409, str(exc), orderId=order_id, sagaStatus=exc.status)
     request.app[NUDGE]()
     return answer(RedriveResult.model_validate(result))
+
+
+def request_key(request: web.Request) -> str:
+    """The client's Idempotency-Key header (a retry with it refunds once), or a new key for this request."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return new_id()
+    if not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise BadRequest([{"name": "Idempotency-Key", "reason": "1 to 100 printable ASCII characters without spaces"}])
+    return key
+
+
+async def refund_saga(request: web.Request) -> web.Response:
+    order_id = request.match_info["orderId"]
+    body = await _body(request, RefundRequest)
+    key = request_key(request)
+    async with _pool(request).acquire() as conn:
+        try:
+            result = await api_refund.refund(
+                conn, order_id, amount=body.amount, reason=body.reason, request_key=key, actor=audit_actor(request)
+            )
+        except api_actions.NoSuchSaga:
+            return problem(404, f"no saga for order {order_id!r}", orderId=order_id)
+        except refund_policy.NotRefundable as exc:
+            return problem(409, str(exc), orderId=order_id, sagaStatus=exc.status, error=exc.error)
+        except refund_policy.RefundTooLarge as exc:
+            return problem(
+                422,
+                str(exc),
+                orderId=order_id,
+                error=refund_policy.REFUND_EXCEEDS_CHARGE,
+                remaining=float(exc.remaining),
+            )
+        except api_refund.KeyReused as exc:
+            return problem(422, str(exc), orderId=order_id, requestKey=key)
+    if not result["replayed"]:
+        request.app[NUDGE]()
+    return answer(RefundResult.model_validate(result), status=200 if result["replayed"] else 202)
 
 
 async def bulk_redrive(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ import difflib
 import json
 import re
 import sys
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,19 @@ _COMMON_ERRORS = {
 _ERROR_TEXT = {
     400: "A parameter or the body is invalid: the problem's errors name each.",
     404: "No saga for that order id.",
-    409: "The saga's status allows no redrive: the problem's sagaStatus says which.",
+    409: "The saga's status allows no such action: the problem's sagaStatus and detail say why.",
+    422: "The request is well-formed but asks for too much (a refund above what remains) or reuses an "
+    "Idempotency-Key for another request: the problem's detail says which.",
 }
 
 DESCRIPTION = """\
 The orchestrator's API for operators and the console (issue 17): find sagas by status, step, error, product, \
-time or order id, read one saga with its steps, attempts and history, and redrive failed sagas.
+time or order id, read one saga with its steps, attempts and history, redrive failed sagas, and refund \
+orders (customer service's manual refund).
 
 Every route but this document needs `Authorization: Bearer <token>` (`orderctl token create --role viewer|operator`). \
-A viewer reads; an operator also redrives. Errors are RFC 9457 problem details (`application/problem+json`). \
-docs/api.md explains filters, pages and the audit entries."""
+A viewer reads; an operator also redrives and refunds. Errors are RFC 9457 problem details \
+(`application/problem+json`). docs/api.md explains filters, pages and the audit entries."""
 
 
 def _schemas() -> tuple[dict[tuple[type[BaseModel], str], Any], dict[str, Any]]:
@@ -101,7 +105,10 @@ def _operation(route: ApiRoute, refs: dict[tuple[type[BaseModel], str], Any]) ->
             "content": {"application/json": {"schema": refs[(route.body, "validation")]}},
         }
     body = refs[(route.response, "serialization")] if route.response is not None else {"type": "object"}
-    op["responses"] = {"200": {"description": "OK", "content": {"application/json": {"schema": body}}}}
+    op["responses"] = {
+        str(ok): {"description": HTTPStatus(ok).phrase, "content": {"application/json": {"schema": body}}}
+        for ok in route.ok_statuses
+    }
     errors = dict.fromkeys(route.errors)
     if route.public:
         op["security"] = []
@@ -124,7 +131,7 @@ def document() -> dict[str, Any]:
         "servers": [{"url": "/", "description": "The orchestrator's API port (API_PORT, 8080)"}],
         "security": [{"bearer": []}],
         "tags": [
-            {"name": "sagas", "description": "Sagas: find, read, redrive."},
+            {"name": "sagas", "description": "Sagas: find, read, redrive, refund."},
             {"name": "legacy", "description": "The first API (GET /orders/{order_id})."},
             {"name": "meta", "description": "This document."},
         ],
