@@ -33,6 +33,13 @@ class RefundFailed(BusinessError):
     error_name = "RefundFailed"
 
 
+class RefundExceedsCharge(BusinessError):
+    """A refund above what the charge still holds (captured less refunded, as Stripe counts it): refused by
+    Stripe, so no money moved. A manual refund's amount is checked here, where the truth is."""
+
+    error_name = "RefundExceedsCharge"
+
+
 def card_error(code: str | None, decline_code: str | None, message: str) -> BusinessError:
     """card_declined is PaymentDeclined, insufficient_funds InsufficientFunds, any other card error CardError."""
     if decline_code == "insufficient_funds" or code == "insufficient_funds":

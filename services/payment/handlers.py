@@ -176,6 +176,8 @@ class PaymentHandlers:
         except stripe.InvalidRequestError as exc:
             if exc.code == "charge_already_refunded":
                 return PaymentRefunded(refunded=True, alreadyRefunded=True)
+            if exc.code == "amount_too_large":
+                raise errors.RefundExceedsCharge(str(exc.user_message or exc)) from exc
             raise errors.RefundFailed(str(exc.user_message or exc)) from exc
         except stripe.CardError as exc:
             raise errors.RefundFailed(str(exc.user_message or exc)) from exc
