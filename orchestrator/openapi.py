@@ -58,7 +58,17 @@ def _schemas() -> tuple[dict[tuple[type[BaseModel], str], Any], dict[str, Any]]:
         if route.response is not None:
             used.append((route.response, "serialization"))
     refs, definitions = models_json_schema(used, ref_template=_REF)
-    return refs, definitions.get("$defs", {})
+    return refs, _without_open_objects(definitions.get("$defs", {}))
+
+
+def _without_open_objects(schema: Any) -> Any:
+    """``schema`` without ``"additionalProperties": true``: it is JSON Schema's default, and pydantic writes it
+    for ``dict[str, Any]`` only from 2.7 on, so the document would depend on the installed pydantic."""
+    if isinstance(schema, dict):
+        return {k: _without_open_objects(v) for k, v in schema.items() if (k, v) != ("additionalProperties", True)}
+    if isinstance(schema, list):
+        return [_without_open_objects(v) for v in schema]
+    return schema
 
 
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
