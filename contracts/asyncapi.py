@@ -66,7 +66,9 @@ dead-lettered as a bad envelope. Payload fields whose text reaches a header (ids
 carry the pattern `{HEADER_SAFE_PATTERN}`.
 
 Clients publish OrderRequested to the `orders` exchange with routing key `order.requested` and hear the outcome \
-on `order.<status>`."""
+on `order.<status>`. A CONFIRMED order is cancelled with CancelOrder (`order.cancel.requested`); its outcome is \
+`order.cancellation_completed` or `order.cancellation_failed`, and a CancelOrder that changes nothing is answered \
+with `order.cancellation_rejected`."""
 
 
 def _spec_id(text: str) -> str:
@@ -108,6 +110,8 @@ def consumer_queues() -> dict[str, list[Binding]]:
     reply_key = next(s.routing_key for s in MESSAGES if s.kind == "reply")
     services = sorted({s.routing_key.split(".", 1)[0] for s in MESSAGES if s.kind == "command"})
     queues = {q_name("orchestrator", "order-requests"): [(EVENTS_EXCHANGE, requested.routing_key)]}
+    cancel = next(s for s in MESSAGES if s.model.__name__ == "CancelOrder")
+    queues[q_name("orchestrator", "cancel-requests")] = [(EVENTS_EXCHANGE, cancel.routing_key)]
     queues[q_name("orchestrator", "replies")] = [(REPLIES_EXCHANGE, reply_key)]
     queues |= {q_name(service, "commands"): [(COMMANDS_EXCHANGE, f"{service}.#")] for service in services}
     # Inventory hears every outcome: order.confirmed commits the reservation, and the sweeper releases a stale hold

@@ -52,3 +52,16 @@ class CommitReservation(Contract):
 
 class ReservationCommitted(Contract):
     committed: int = Field(description="Reservations turned committed now; 0 when already committed.")
+
+
+class RestockOrder(Contract):
+    """A CONFIRMED order was cancelled: its sold stock (committed, or still active if the commit never landed)
+    goes back on the shelf. Idempotent per order by idempotencyId."""
+
+    orderId: OrderId
+    idempotencyId: Identifier = Field(description="{orderId}-restock")
+
+
+class StockRestocked(Contract):
+    restocked: bool = Field(description="False when the order held no sold stock: a no-op success.")
+    items: list[OrderItem] = Field(default_factory=list)

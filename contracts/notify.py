@@ -2,6 +2,8 @@
 
 from typing import Literal
 
+from pydantic import Field
+
 from contracts.base import Contract, Currency, Customer, Money, OrderId, PricedLine
 
 
@@ -11,6 +13,11 @@ class NotifyCustomer(Contract):
     lines: list[PricedLine]
     amount: Money
     currency: Currency
+    kind: Literal["confirmation", "cancellation"] = Field(
+        "confirmation",
+        description="Which message: the order's confirmation, or its cancellation (refund) notice. Each kind is "
+        "sent at most once per order and channel.",
+    )
 
 
 class ChannelResult(Contract):

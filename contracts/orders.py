@@ -9,6 +9,7 @@ from contracts.base import (
     Currency,
     Customer,
     ErrorInfo,
+    HeaderText,
     Identifier,
     Money,
     OrderId,
@@ -40,6 +41,45 @@ class OrderOutcome(Contract):
     lines: list[PricedLine] = Field(default_factory=list)
     error: ErrorInfo | None = Field(None, description="Why the order did not succeed.")
     notificationError: ErrorInfo | None = Field(None, description="Set when only the notification failed.")
+
+
+#: Terminal statuses of a cancellation saga (orchestrator/cancellation.json); the outcome's routing key is
+#: ``order.cancellation_<outcome>``: ``order.cancellation_completed`` or ``order.cancellation_failed``.
+CancellationStatus = Literal["CANCELLED_BY_CUSTOMER", "CANCELLATION_FAILED"]
+#: Why a CancelOrder changed nothing (``order.cancellation_rejected``).
+CancellationRefusal = Literal["InvalidRequest", "OrderNotFound", "OrderNotConfirmed", "CancellationAlreadyRequested"]
+
+
+class CancelOrder(Contract):
+    """Published by a client with routing key ``order.cancel.requested`` to cancel a CONFIRMED order: its payment
+    is refunded, its stock returned, its record voided and the customer told (the cancellation workflow)."""
+
+    orderId: OrderId
+    reason: Annotated[HeaderText, Field(max_length=400)] = Field(
+        "Cancelled by customer", description="Kept with the refund and the voided record."
+    )
+
+
+class CancellationOutcome(Contract):
+    """Published with routing key ``order.cancellation_completed`` or ``order.cancellation_failed`` when a
+    cancellation saga ends."""
+
+    orderId: OrderId
+    outcome: Literal["completed", "failed"] = Field(description="The routing key's end: completed or failed.")
+    status: CancellationStatus
+    amount: Money | None = Field(None, description="What was refunded.")
+    currency: Currency | None = None
+    refundId: Identifier | None = None
+    error: ErrorInfo | None = Field(None, description="Why the cancellation did not complete.")
+    notificationError: ErrorInfo | None = Field(None, description="Set when only the notification failed.")
+
+
+class CancellationRejected(Contract):
+    """Published with routing key ``order.cancellation_rejected`` for a CancelOrder that changed nothing."""
+
+    orderId: str | None = None
+    reason: CancellationRefusal
+    detail: str = ""
 
 
 class OrderRejected(Contract):

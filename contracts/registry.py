@@ -36,12 +36,30 @@ MESSAGES: list[MessageSpec] = [
     ),
     MessageSpec(orders.OrderOutcome, "event", "orders", "order.{status}", _doc(orders.OrderOutcome)),
     MessageSpec(orders.OrderRejected, "event", "orders", "order.rejected", _doc(orders.OrderRejected)),
+    MessageSpec(
+        orders.CancelOrder, "event", "orders", "order.cancel.requested", _doc(orders.CancelOrder), from_client=True
+    ),
+    MessageSpec(
+        orders.CancellationOutcome,
+        "event",
+        "orders",
+        "order.cancellation_{outcome}",
+        _doc(orders.CancellationOutcome),
+    ),
+    MessageSpec(
+        orders.CancellationRejected,
+        "event",
+        "orders",
+        "order.cancellation_rejected",
+        _doc(orders.CancellationRejected),
+    ),
     *_commands(
         "inventory",
         inventory.CheckInventory,
         inventory.ReserveInventory,
         inventory.ReleaseInventory,
         inventory.CommitReservation,
+        inventory.RestockOrder,
     ),
     *_commands("payment", payment.ProcessPayment, payment.RefundPayment),
     *_commands("orders", records.CreateOrderRecord, records.VoidOrderRecord),
@@ -51,6 +69,7 @@ MESSAGES: list[MessageSpec] = [
         inventory.InventoryReserved,
         inventory.InventoryReleased,
         inventory.ReservationCommitted,
+        inventory.StockRestocked,
         payment.PaymentProcessed,
         payment.PaymentRefunded,
         records.OrderRecordCreated,

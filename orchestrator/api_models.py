@@ -74,8 +74,9 @@ class SagaSummary(BaseModel):
     updatedAt: datetime
     redriveCount: int = Field(description="How often it was redriven.")
     workflowName: str | None = Field(
-        None, description="Its workflow: order, or cancellation (keyed '<orderId> cancel'); null: an order saga "
-        "from before workflows were named."
+        None,
+        description="Its workflow: order, or cancellation (keyed '<orderId> cancel'); null: an order saga "
+        "from before workflows were named.",
     )
     workflowVersion: str | None = Field(description="The version of the definition it runs on.")
 

@@ -9,10 +9,11 @@ from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 
 from contracts import permissions
-from contracts.orders import OrderRejected, OrderRequested
+from contracts.orders import CancelOrder, OrderRejected, OrderRequested
 from contracts.registry import MESSAGES
-from orchestrator import definition, rejection
+from orchestrator import cancellation, definition, rejection
 from orchestrator.api import make_api_app
+from orchestrator.batch import LockSagasInOrder
 from orchestrator.metrics import SAGAS_FAILED_CRITICAL, SAGAS_IN_FLIGHT, TIMERS_PARKED
 from orchestrator.runner import REPLY_KEY, Runner
 from orchestrator.state import ErrorOut, ReplyReceived
@@ -47,6 +48,9 @@ class OrchestratorSettings(ProcessSettings):
         8080, description="Port of the API (GET /orders/{orderId}); never the same as HTTP_PORT, which is open."
     )
     workflow_file: str = str(definition.DEFINITION_FILE)
+    cancellation_workflow_file: str = Field(
+        str(cancellation.DEFINITION_FILE), description="The cancellation workflow's definition (CancelOrder)."
+    )
 
     @model_validator(mode="after")
     def _api_port_of_its_own(self) -> "OrchestratorSettings":
@@ -58,11 +62,21 @@ class OrchestratorSettings(ProcessSettings):
 
 def build(settings: OrchestratorSettings) -> Process:
     workflow = definition.load(definition.Path(settings.workflow_file))
-    runner = Runner(workflow)
+    cancel_workflow = definition.load(definition.Path(settings.cancellation_workflow_file))
+    runner = Runner(workflow, others={cancellation.CANCELLATION_WORKFLOW: cancel_workflow})
     process = Process(name="orchestrator", settings=settings)
 
     async def on_request(ctx: MessageContext, order: OrderRequested) -> None:
         await runner.start(ctx.conn, order.model_dump(mode="json"), causation_id=ctx.envelope.messageId)
+
+    async def on_cancel(ctx: MessageContext, request: CancelOrder) -> None:
+        await cancellation.start(runner, ctx.conn, request, causation_id=ctx.envelope.messageId)
+
+    async def on_rejected_cancel(conn: asyncpg.Connection, message: AbstractIncomingMessage, reason: str) -> None:
+        order_id, correlation_id = rejection.ids_of(message.body)
+        await cancellation.refuse(
+            conn, order_id, "InvalidRequest", reason, message.message_id, correlation=correlation_id
+        )
 
     async def on_reply(ctx: MessageContext, reply: BaseModel) -> None:
         if not ctx.envelope.causationId:
@@ -91,7 +105,7 @@ def build(settings: OrchestratorSettings) -> Process:
         # Commands are mandatory: declare every queue the workflow sends to, so none is unroutable.
         assert proc.broker is not None
         channel = await proc.broker.channel(prefetch=1)
-        services = sorted({s.split(".", 1)[0] for s in _resources(workflow)})
+        services = sorted({s.split(".", 1)[0] for w in (workflow, cancel_workflow) for s in _resources(w)})
         for service in services:
             await declare_consumer_queue(
                 channel,
@@ -146,9 +160,17 @@ def build(settings: OrchestratorSettings) -> Process:
             on_reject=on_rejected_request,
         ),
         QueueSpec(
+            queue=q_name("orchestrator", "cancel-requests"),
+            bindings=[(EVENTS_EXCHANGE, "order.cancel.requested")],
+            routes={"CancelOrder": Route(CancelOrder, on_cancel)},
+            default_type="CancelOrder",
+            on_reject=on_rejected_cancel,
+        ),
+        QueueSpec(
             queue=q_name("orchestrator", "replies"),
             bindings=[(REPLIES_EXCHANGE, REPLY_KEY)],
             routes=reply_routes,
+            in_transaction=[LockSagasInOrder()],  # a batch of replies locks its sagas in order, at once
         ),
     ]
     process.on_start = declare_command_queues

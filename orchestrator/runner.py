@@ -20,11 +20,11 @@ import asyncpg
 
 from contracts.orders import OrderOutcome, OrderRejected
 from contracts.registry import BY_NAME
-from orchestrator import manual_actions, metrics, saga_clock
+from orchestrator import batch, cancellation, manual_actions, metrics, saga_clock
 from orchestrator.definition import Workflow
 from orchestrator.engine import Context, decide
 from orchestrator.state import Decision, Event, ReplyReceived, SagaState, Started
-from orchestrator.versions import Versions
+from orchestrator.versions import ORDER_WORKFLOW, Versions
 from plumbing import outbox
 from plumbing.envelope import Envelope
 from plumbing.topology import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
@@ -44,12 +44,17 @@ def request_hash(document: dict[str, Any]) -> str:
 
 
 class Runner:
-    def __init__(self, workflow: Workflow, *, clock: Clock = utcnow) -> None:
+    def __init__(self, workflow: Workflow, *, clock: Clock = utcnow, others: dict[str, Workflow] | None = None) -> None:
         #: The definition new sagas start on; a saga started on another version runs on that one.
         self.workflow = workflow
         self.versions = Versions(workflow)
+        #: Every workflow by name (the order workflow and ``others``): a saga runs on its own (saga.workflow_name).
+        self.workflows = {ORDER_WORKFLOW: self.versions} | {
+            name: Versions(other, name=name) for name, other in (others or {}).items()
+        }
         self.clock = clock
-        metrics.prepare(workflow)
+        for name, versions in self.workflows.items():
+            metrics.prepare(versions.current, name=name)
 
     async def start(self, conn: asyncpg.Connection, order: dict[str, Any], *, causation_id: str | None) -> str:
         """Start the saga of ``order`` unless it exists; returns 'started', 'duplicate' or 'conflict'."""
@@ -67,7 +72,7 @@ class Runner:
             extra=[digest, self.versions.name, self.versions.version],
         )
         if inserted:
-            metrics.observe(decision, workflow=self.workflow, before=None, duration_seconds=None)
+            metrics.observe(decision, workflow=self.workflow, before=None, duration_seconds=None, name=ORDER_WORKFLOW)
             return "started"
         existing = await conn.fetchval("SELECT request_hash FROM saga WHERE order_id = $1", order_id)
         if existing == digest:
@@ -75,6 +80,29 @@ class Runner:
         rejected = OrderRejected(orderId=order_id, reasons=["orderId already used by an order with different content"])
         await outbox.enqueue_many(conn, [_event(order_id, "order.rejected", rejected, causation_id)])
         return "conflict"
+
+    async def start_workflow(
+        self, conn: asyncpg.Connection, name: str, saga_key: str, document: dict[str, Any], *, causation_id: str | None
+    ) -> bool:
+        """Start a saga of workflow ``name`` under ``saga_key`` with ``document`` as its input; False when a saga
+        with that key exists (nothing is written)."""
+        versions = self.workflows[name]
+        decision = decide(versions.current, None, Started(input=document), self._ctx())
+        messages = self._messages(saga_key, decision, causation_id)
+        await versions.deploy(conn)
+        extra = [request_hash(document), versions.name, versions.version]
+        inserted, _ = await self._write(conn, _INSERT_SAGA, saga_key, decision, messages, extra=extra)
+        if inserted:
+            metrics.observe(decision, workflow=versions.current, before=None, duration_seconds=None, name=name)
+        return inserted
+
+    async def workflow_of(self, conn: asyncpg.Connection, name: str | None, version: str | None) -> Workflow:
+        """The definition a saga runs on, by its workflow's name (None: a saga from before names, an order's)
+        and version. LookupError when this process does not know the workflow or the version is not stored."""
+        versions = self.workflows.get(name or ORDER_WORKFLOW)
+        if versions is None:
+            raise LookupError(f"workflow {name} is not one this orchestrator runs")
+        return await versions.workflow(conn, version)
 
     async def apply(
         self, conn: asyncpg.Connection, order_id: str, event: Event, *, causation_id: str | None
@@ -87,15 +115,18 @@ class Runner:
         if isinstance(event, ReplyReceived) and await manual_actions.settle(conn, order_id, event, at=self.clock()):
             return None
         before = SagaState.model_validate(row["state"])
-        workflow = await self.versions.workflow(conn, row["workflow_version"])
+        name = row["workflow_name"] or ORDER_WORKFLOW
+        workflow = await self.workflow_of(conn, name, row["workflow_version"])
         decision = decide(workflow, before, event, self._ctx())
         messages = self._messages(order_id, decision, causation_id)
         just_finished = decision.state.finished and not before.finished
         if just_finished:
-            messages.append(self._outcome(decision.state, causation_id))
+            messages.append(self._outcome(decision.state, causation_id, name))
         _, retried = await self._write(conn, _UPDATE_SAGA, order_id, decision, messages, finished=just_finished)
         duration = (self.clock() - row["created_at"]).total_seconds() if just_finished else None
-        metrics.observe(decision, workflow=workflow, before=before, duration_seconds=duration, retried=bool(retried))
+        metrics.observe(
+            decision, workflow=workflow, before=before, duration_seconds=duration, retried=bool(retried), name=name
+        )
         return decision
 
     def _ctx(self) -> Context:
@@ -167,7 +198,9 @@ class Runner:
             messages.append(outbox.Outgoing(COMMANDS_EXCHANGE, command.resource, envelope, payload))
         return messages
 
-    def _outcome(self, saga: SagaState, causation_id: str | None) -> outbox.Outgoing:
+    def _outcome(self, saga: SagaState, causation_id: str | None, name: str = ORDER_WORKFLOW) -> outbox.Outgoing:
+        if name == cancellation.CANCELLATION_WORKFLOW:
+            return _event(saga.orderId, *cancellation.outcome(saga), causation_id)
         data = saga.main.data
         inventory = data.get("inventory") or {}
         confirmed = saga.status == "CONFIRMED"
@@ -236,9 +269,13 @@ _UPDATE_SAGA = _transition_sql(
 
 async def lock_saga(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record | None:
     """Lock the saga's row until the transaction ends and read it; None when there is no such saga. Whoever
-    changes a saga or its timers takes this lock first, so locks are always taken in the same order."""
+    changes a saga or its timers takes this lock first, so locks are always taken in the same order. A batch of
+    replies locked its sagas already, in order (orchestrator/batch.py): the first transition of each uses that."""
+    if (row := batch.take_locked(conn, order_id)) is not None:
+        return row
     return await conn.fetchrow(
-        "SELECT state, created_at, workflow_version FROM saga WHERE order_id = $1 FOR UPDATE", order_id
+        "SELECT state, status, created_at, workflow_name, workflow_version FROM saga WHERE order_id = $1 FOR UPDATE",
+        order_id,
     )
 
 

@@ -82,7 +82,7 @@ def _where(f: SagaFilter, *, with_status: bool = True) -> _Where:
 
 
 _SUMMARY_COLUMNS = """order_id, status, current_state, state -> 'error' AS error, created_at, updated_at,
-    coalesce((state ->> 'redriveCount')::int, 0) AS redrive_count, workflow_version"""
+    coalesce((state ->> 'redriveCount')::int, 0) AS redrive_count, workflow_name, workflow_version"""
 
 
 def summary(row: asyncpg.Record) -> dict[str, Any]:
@@ -94,6 +94,7 @@ def summary(row: asyncpg.Record) -> dict[str, Any]:
         "createdAt": row["created_at"],
         "updatedAt": row["updated_at"],
         "redriveCount": row["redrive_count"],
+        "workflowName": row["workflow_name"],
         "workflowVersion": row["workflow_version"],
     }
 

@@ -122,7 +122,7 @@ async def saga_page(request: web.Request) -> web.Response:
             return page("Not found", f'<p class="error">No saga for order {escape(order_id)}.</p>', status=404, who=who)
         saga = detail(row, await saga_queries.history(conn, order_id))
         try:
-            workflow = await request.app[RUNNER].versions.workflow(conn, row["workflow_version"])
+            workflow = await request.app[RUNNER].workflow_of(conn, row["workflow_name"], row["workflow_version"])
             drawing = graph.render(workflow.StartAt, workflow.States, marks_of(saga))
         except LookupError as exc:  # a version no longer stored: the rest of the page still helps
             drawing = f'<p class="error">No graph: {escape(str(exc))}</p>'

@@ -12,6 +12,8 @@ from contracts.inventory import (
     ReleaseInventory,
     ReservationCommitted,
     ReserveInventory,
+    RestockOrder,
+    StockRestocked,
 )
 from contracts.orders import OrderOutcome
 from plumbing.consumer import MessageContext
@@ -101,6 +103,28 @@ async def release_inventory(ctx: MessageContext, command: ReleaseInventory) -> I
 async def commit_reservation(ctx: MessageContext, command: CommitReservation) -> ReservationCommitted:
     """The saga's acknowledged commit of a CONFIRMED order's stock: sold, no longer a hold."""
     return ReservationCommitted(committed=await repo.commit_reservations(ctx.conn, command.orderId))
+
+
+async def restock_order(ctx: MessageContext, command: RestockOrder) -> StockRestocked:
+    """A cancelled CONFIRMED order's sold stock goes back: its committed reservation, or an active one whose
+    commit never landed, turns restocked and its units return to stock, once per order (idempotencyId). No
+    tombstone is needed: every command that could still land for this order after it (CommitReservation, the
+    order.confirmed event, ReleaseInventory, the sweeper) acts on active reservations only, and none is left;
+    a late ReserveInventory finds the order's reservation by its idempotency id and takes nothing."""
+    await repo.lock_order(ctx.conn, command.orderId)
+    remembered = await repo.idempotent_result(ctx.conn, command.idempotencyId)
+    if remembered is not None:
+        return StockRestocked.model_validate(remembered)
+    restocked: Counter[str] = Counter()
+    for reservation_id in await repo.sold_reservations(ctx.conn, command.orderId):
+        for line in await repo.restock_reservation(ctx.conn, reservation_id):
+            restocked[line["product_id"]] += line["quantity"]
+    result = StockRestocked(
+        restocked=bool(restocked),
+        items=[OrderItem(productId=p, quantity=q) for p, q in sorted(restocked.items())],
+    )
+    await repo.remember_result(ctx.conn, command.idempotencyId, "restock", result.model_dump(mode="json"))
+    return result
 
 
 async def record_outcome(ctx: MessageContext, event: OrderOutcome) -> None:

@@ -6,7 +6,7 @@ from typing import get_args
 import asyncpg
 from pydantic import Field
 
-from contracts.inventory import CheckInventory, CommitReservation, ReleaseInventory, ReserveInventory
+from contracts.inventory import CheckInventory, CommitReservation, ReleaseInventory, ReserveInventory, RestockOrder
 from contracts.orders import OrderOutcome, OrderStatus
 from plumbing.commands import command_route
 from plumbing.consumer import Route
@@ -38,6 +38,7 @@ def build(settings: InventorySettings) -> Process:
             "ReserveInventory": command_route(ReserveInventory, handlers.reserve_inventory),
             "ReleaseInventory": command_route(ReleaseInventory, handlers.release_inventory),
             "CommitReservation": command_route(CommitReservation, handlers.commit_reservation),
+            "RestockOrder": command_route(RestockOrder, handlers.restock_order),
         },
     )
     process.queues.append(

@@ -108,6 +108,33 @@ async def release_reservation(conn: asyncpg.Connection, reservation_id: str) -> 
     return lines
 
 
+async def sold_reservations(conn: asyncpg.Connection, order_id: str) -> list[str]:
+    """The order's sold stock: its committed reservations, and an active one of a CONFIRMED order (its commit
+    has not landed yet; a cancellation is only started for a CONFIRMED order)."""
+    rows = await conn.fetch(
+        """SELECT reservation_id FROM reservation WHERE order_id = $1 AND status IN ('committed', 'active')
+           ORDER BY reservation_id FOR UPDATE""",
+        order_id,
+    )
+    return [r["reservation_id"] for r in rows]
+
+
+async def restock_reservation(conn: asyncpg.Connection, reservation_id: str) -> list[asyncpg.Record]:
+    """Put a sold reservation's units back on the shelf and mark it restocked, in the caller's transaction. Like
+    a release, the UPDATE sets only stock: the stock ledger's invariant holds (migration 0004)."""
+    lines = await reservation_lines(conn, reservation_id)
+    for line in lines:
+        await conn.execute(
+            "UPDATE product SET stock = stock + $2, updated_at = now() WHERE product_id = $1",
+            line["product_id"],
+            line["quantity"],
+        )
+    await conn.execute(
+        "UPDATE reservation SET status = 'restocked', updated_at = now() WHERE reservation_id = $1", reservation_id
+    )
+    return lines
+
+
 async def idempotent_result(conn: asyncpg.Connection, idempotency_id: str) -> dict[str, Any] | None:
     return await conn.fetchval("SELECT result FROM idempotency_record WHERE idempotency_id = $1", idempotency_id)
 

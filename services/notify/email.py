@@ -15,10 +15,20 @@ class NotificationError(BusinessError):
     error_name = "NotificationError"
 
 
+def sms_text(command: NotifyCustomer) -> str:
+    total = f"{command.amount:.2f} {command.currency.upper()}"
+    if command.kind == "cancellation":
+        return f"Order {command.orderId} cancelled: {total} refunded"
+    return f"Order {command.orderId} confirmed: {total}"
+
+
 def render(command: NotifyCustomer, sender: str) -> EmailMessage:
+    """The confirmation email, or the cancellation notice (``kind``), each with the order's lines."""
     message = EmailMessage()
     message["From"] = sender
     message["To"] = command.customer.email
+    if command.kind == "cancellation":
+        return _cancellation(message, command)
     message["Subject"] = f"Order {command.orderId} confirmed"
     lines = "\n".join(
         f"  {line.quantity} x {line.name} ({line.productId}) {line.lineTotal:.2f} {command.currency.upper()}"
@@ -27,6 +37,16 @@ def render(command: NotifyCustomer, sender: str) -> EmailMessage:
     message.set_content(
         f"Thank you for your order {command.orderId}.\n\n{lines}\n\n"
         f"Total charged: {command.amount:.2f} {command.currency.upper()}\n"
+    )
+    return message
+
+
+def _cancellation(message: EmailMessage, command: NotifyCustomer) -> EmailMessage:
+    message["Subject"] = f"Order {command.orderId} cancelled"
+    lines = "\n".join(f"  {line.quantity} x {line.name} ({line.productId})" for line in command.lines)
+    message.set_content(
+        f"Your order {command.orderId} is cancelled.\n\n{lines}\n\n"
+        f"Refunded: {command.amount:.2f} {command.currency.upper()} to the card you paid with.\n"
     )
     return message
 

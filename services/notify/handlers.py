@@ -1,5 +1,7 @@
 """The NotifyCustomer handler: each channel is claimed in its own committed row before sending.
 
+A row is one order, one kind of message (its confirmation, or its cancellation notice) and one channel.
+
 A redelivered or retried command finds the claim: a channel already sent, or
 whose earlier send has an unknown outcome, is not sent again; only a channel
 that failed is tried again.
@@ -29,9 +31,9 @@ NOTIFICATIONS = Counter(
 # earlier send whose outcome is unknown) is not, and its status is read instead.
 _CLAIM = """
 WITH claimed AS (
-    INSERT INTO notification (order_id, channel, status)
-    SELECT $1, channel, 'sending' FROM unnest($2::text[]) AS channel
-    ON CONFLICT (order_id, channel) DO UPDATE SET status = 'sending', attempts = notification.attempts + 1,
+    INSERT INTO notification (order_id, kind, channel, status)
+    SELECT $1, $3, channel, 'sending' FROM unnest($2::text[]) AS channel
+    ON CONFLICT (order_id, kind, channel) DO UPDATE SET status = 'sending', attempts = notification.attempts + 1,
         updated_at = now()
     WHERE notification.status = 'failed'
     RETURNING channel
@@ -39,12 +41,12 @@ WITH claimed AS (
 SELECT channel, NULL AS status FROM claimed
 UNION ALL
 SELECT channel, status FROM notification
-WHERE order_id = $1 AND channel = ANY($2::text[]) AND channel NOT IN (SELECT channel FROM claimed)
+WHERE order_id = $1 AND kind = $3 AND channel = ANY($2::text[]) AND channel NOT IN (SELECT channel FROM claimed)
 """
 _RECORD = """
 UPDATE notification SET status = r.status, detail = r.detail, updated_at = now()
 FROM unnest($2::text[], $3::text[], $4::text[]) AS r(channel, status, detail)
-WHERE notification.order_id = $1 AND notification.channel = r.channel
+WHERE notification.order_id = $1 AND notification.kind = $5 AND notification.channel = r.channel
 """
 
 Send = Callable[[NotifyCustomer], Awaitable[None]]
@@ -65,7 +67,10 @@ class NotifyHandlers:
         # Claims and outcomes commit at once (autocommit), outside the delivery's transaction: all channels
         # are claimed in one statement, sent side by side, and their outcomes recorded in one statement.
         async with self.pool.acquire() as conn:
-            claims = {row["channel"]: row["status"] for row in await conn.fetch(_CLAIM, command.orderId, list(sends))}
+            claims = {
+                row["channel"]: row["status"]
+                for row in await conn.fetch(_CLAIM, command.orderId, list(sends), command.kind)
+            }
             claimed = [channel for channel in sends if claims[channel] is None]  # the others' status is read
             finished = await asyncio.gather(
                 *(self._send(command, channel, sends[channel]) for channel in claimed), return_exceptions=True
@@ -80,6 +85,7 @@ class NotifyHandlers:
                     [r.channel for r in recorded],
                     [r.status for r in recorded],
                     [r.detail for r in recorded],
+                    command.kind,
                 )
         crashed = next((r for r in finished if isinstance(r, BaseException)), None)
         if crashed is not None:
@@ -114,7 +120,4 @@ class NotifyHandlers:
 
     async def _send_sms(self, command: NotifyCustomer) -> None:
         assert command.customer.phone
-        await self.sms.send(
-            command.customer.phone,
-            f"Order {command.orderId} confirmed: {command.amount:.2f} {command.currency.upper()}",
-        )
+        await self.sms.send(command.customer.phone, email.sms_text(command))

@@ -58,6 +58,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "OrderRecordCreated": ORDER | {"status": "CONFIRMED", "created": True},
     "CustomerNotified": {"results": [{"channel": "email", "status": "sent"}, {"channel": "sms", "status": "skipped"}]},
     "CommandFailed": {"Error": "PaymentDeclined", "Cause": "Your card was declined."},
+    "CancelOrder": ORDER | {"reason": "Changed my mind"},
+    "CancellationOutcome": ORDER
+    | {"outcome": "completed", "status": "CANCELLED_BY_CUSTOMER", "amount": 129.57, "currency": "usd"}
+    | {"refundId": "re_1"},
+    "CancellationRejected": ORDER | {"reason": "OrderNotConfirmed", "detail": "the order is FAILED"},
+    "RestockOrder": ORDER | {"idempotencyId": "ORDER#123-restock"},
+    "StockRestocked": {"restocked": True, "items": ITEMS},
 }
 
 _KEYWORDS = {
@@ -321,9 +328,12 @@ async def test_exchange_bindings_match_the_topology() -> None:
 
 def test_consumer_queues_are_quorum_with_a_dead_letter_queue() -> None:
     queues = {c["address"]: c for c in DOC["channels"].values() if c["bindings"]["amqp"]["is"] == "queue"}
-    expected = {"orchestrator.order-requests", "orchestrator.replies", "inventory.order-events"} | {
-        f"{service}.commands" for service in ("inventory", "payment", "orders", "notify")
-    }
+    expected = {
+        "orchestrator.order-requests",
+        "orchestrator.cancel-requests",
+        "orchestrator.replies",
+        "inventory.order-events",
+    } | {f"{service}.commands" for service in ("inventory", "payment", "orders", "notify")}
 
     assert set(queues) == expected | {topology.dq_name(q) for q in expected}
     for name in expected:
@@ -343,8 +353,10 @@ def test_consumer_queues_are_quorum_with_a_dead_letter_queue() -> None:
         "ReserveInventory",
         "ReleaseInventory",
         "CommitReservation",
+        "RestockOrder",
     }
     assert set(queues["orchestrator.order-requests"]["messages"]) == {"OrderRequested"}
+    assert set(queues["orchestrator.cancel-requests"]["messages"]) == {"CancelOrder"}
     replies = {spec.model.__name__ for spec in MESSAGES if spec.kind == "reply"}
     assert set(queues["orchestrator.replies"]["messages"]) == replies
 

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sagadsl import SagaDsl, given
 
-from orchestrator import definition, metrics
+from orchestrator import cancellation, definition, metrics
 from orchestrator.definition import Workflow
 from orchestrator.state import Redriven
 
@@ -44,13 +44,15 @@ class Meter:
         self.start = samples()
 
     def delta(self, name: str, **labels: str) -> float:
+        labels = {"workflow": "order"} | labels  # every saga metric is labelled by workflow; these are orders'
         key = (name, tuple(sorted(labels.items())))
         return (REGISTRY.get_sample_value(name, labels) or 0.0) - self.start.get(key, 0.0)
 
     def changed(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
         """Every series of ``name`` that changed, by labels, with its delta."""
         return {
-            labels: value - self.start.get((sample, labels), 0.0)
+            tuple(label for label in labels if label != ("workflow", "order")): value
+            - self.start.get((sample, labels), 0.0)
             for (sample, labels), value in samples().items()
             if sample == name and value != self.start.get((sample, labels), 0.0)
         }
@@ -345,15 +347,31 @@ def test_a_saga_finished_at_its_start_is_counted_without_a_duration() -> None:
 # -- labels ------------------------------------------------------------------------------------
 def test_prepare_exports_every_status_and_compensation_at_zero(workflow: Workflow) -> None:
     metrics.prepare(workflow)
+    order = {"workflow": "order"}
     for status in ["CONFIRMED", "CANCELLED", "FAILED", "FAILED_COMPENSATED", "FAILED_CRITICAL"]:
-        assert REGISTRY.get_sample_value("orderflow_sagas_finished_total", {"status": status}) is not None
+        assert REGISTRY.get_sample_value("orderflow_sagas_finished_total", order | {"status": status}) is not None
     for step in ["ReservationFailed", "ReleaseReservedInventory", "RefundPayment", "ReleaseInventory"]:
         for outcome in ["succeeded", "failed"]:
-            labels = {"step": step, "outcome": outcome}
+            labels = order | {"step": step, "outcome": outcome}
             assert REGISTRY.get_sample_value("orderflow_compensations_total", labels) is not None
-    assert REGISTRY.get_sample_value("orderflow_step_timeouts_total", {"step": "ProcessPayment"}) is not None
-    assert REGISTRY.get_sample_value("orderflow_sagas_retried_total") is not None
-    assert REGISTRY.get_sample_value("orderflow_saga_notification_errors_total") is not None
+    assert REGISTRY.get_sample_value("orderflow_step_timeouts_total", order | {"step": "ProcessPayment"}) is not None
+    assert REGISTRY.get_sample_value("orderflow_sagas_started_total", order) is not None
+    assert REGISTRY.get_sample_value("orderflow_sagas_retried_total", order) is not None
+    assert REGISTRY.get_sample_value("orderflow_saga_notification_errors_total", order) is not None
+
+
+def test_prepare_labels_the_cancellation_workflow_apart_without_compensations() -> None:
+    """The cancellation's refund and void are its forward steps: no compensation series, and its statuses under
+    workflow="cancellation", so the five figures are computed per workflow."""
+    metrics.prepare(definition.load(cancellation.DEFINITION_FILE), name="cancellation")
+    cancel = {"workflow": "cancellation"}
+    for status in ["CANCELLED_BY_CUSTOMER", "CANCELLATION_FAILED"]:
+        assert REGISTRY.get_sample_value("orderflow_sagas_finished_total", cancel | {"status": status}) is not None
+    assert REGISTRY.get_sample_value("orderflow_step_attempts_total", cancel | {"step": "RestockCancelledOrder"}) == 0
+    compensations = [
+        s for s in samples() if s[0] == "orderflow_compensations_total" and ("workflow", "cancellation") in s[1]
+    ]
+    assert compensations == []
 
 
 def test_no_label_carries_an_order_id_or_an_email(saga: SagaDsl) -> None:
