@@ -3,7 +3,8 @@
 The consumer takes deliveries and runs each through its middlewares (plumbing/middleware/stack.py holds
 them, in order, with why): a delivery is decoded and validated, and anything unreadable is a poison message,
 dead-lettered at once with the reason in its headers. A readable message is handled in one PostgreSQL
-transaction that also claims its id in the inbox and writes every outgoing message to the outbox; right
+transaction (with BATCH_MAX above 1, together with the other deliveries waiting: plumbing/middleware/batch.py)
+that also claims its id in the inbox and writes every outgoing message to the outbox; right
 after that commit the consumer publishes those messages through its process's outbox relay, and
 acknowledges the delivery once the broker confirmed them (so a slow broker slows the consumer down instead
 of piling publishes up in memory). A database that is unreachable holds the delivery and retries with
@@ -16,15 +17,19 @@ live with the middlewares and are handed on from here.
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
+from plumbing import tracing
 from plumbing.broker import Broker
 from plumbing.faults import FaultPlan
 from plumbing.logs import log_context
+from plumbing.middleware import acks
+from plumbing.middleware.base import Middleware
 from plumbing.middleware.deadletter import HEADER_DEATH_KIND, HEADER_DEATH_REASON, HEADER_ORIGINAL_USER, RejectHook
-from plumbing.middleware.delivery import Delivery, Handler, MessageContext, Rollback, Route
+from plumbing.middleware.delivery import Delivery, Handler, MessageContext, Rollback, Route, Unit
 from plumbing.middleware.settle import CommitHook
 from plumbing.middleware.stack import build_stack
 
@@ -41,6 +46,7 @@ __all__ = [
     "RejectHook",
     "Rollback",
     "Route",
+    "Unit",
 ]
 
 
@@ -60,6 +66,9 @@ class Consumer:
         on_reject: RejectHook | None = None,
         on_committed: CommitHook | None = None,
         faults: FaultPlan | None = None,
+        batch_max: int = 1,
+        batch_units: int = 1,
+        in_transaction: Sequence[Middleware[Unit]] = (),
     ) -> None:
         self.name = name
         self.queue_name = queue
@@ -82,7 +91,12 @@ class Consumer:
             on_committed=on_committed,
             faults=faults,
             stopping=lambda: self._stopping,
+            batch_max=batch_max,
+            batch_units=batch_units,
+            in_transaction=in_transaction,
         )
+        self._batching = batch_max > 1
+        self._traced = self._batching and tracing.enabled()
 
     async def start(self, queue: AbstractQueue) -> None:
         self._queue = queue
@@ -107,9 +121,14 @@ class Consumer:
         self._in_flight.add(task)
         self._idle.clear()
         log_context.set({})
+        delivery = Delivery(message)
+        if self._traced:
+            delivery.trace_context = tracing.captured()
         try:
-            await self.stack.receive.run(Delivery(message))
+            await self.stack.receive.run(delivery)
         finally:
+            if self._batching:
+                acks.finished(message)
             self._in_flight.discard(task)
             if not self._in_flight:
                 self._idle.set()

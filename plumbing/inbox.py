@@ -20,3 +20,27 @@ async def claim(conn: asyncpg.Connection, consumer: str, message_id: str) -> boo
         consumer,
         message_id,
     )
+
+
+async def claim_many(conn: asyncpg.Connection, consumer: str, message_ids: list[str]) -> list[bool]:
+    """``claim`` for a batch, in one statement: whether each id (in the order given) is new. Copies of one id in
+    the batch are duplicates but the first. The ids are inserted in their sorted order, so two batches claiming
+    the same ids lock them in the same order (no deadlock)."""
+    copies: dict[str, int] = {}
+    for message_id in message_ids:
+        copies[message_id] = copies.get(message_id, 0) + 1
+    rows = await conn.fetch(
+        """INSERT INTO inbox (consumer, message_id, duplicates)
+           SELECT $1, id, n - 1 FROM unnest($2::text[], $3::int[]) AS t(id, n) ORDER BY id
+           ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = inbox.duplicates + excluded.duplicates + 1
+           RETURNING message_id, xmax = 0 AS new""",
+        consumer,
+        list(copies),
+        list(copies.values()),
+    )
+    new = {row["message_id"] for row in rows if row["new"]}
+    claimed = []
+    for message_id in message_ids:
+        claimed.append(message_id in new)
+        new.discard(message_id)  # a second copy in the same batch is a duplicate
+    return claimed

@@ -64,3 +64,14 @@ BROKER_BLOCKED = Gauge(
     "1 while RabbitMQ has blocked this process's connection (connection.blocked: a memory or disk alarm).",
     ["service"],
 )
+BATCH_SIZE = Histogram(
+    "orderflow_batch_deliveries",
+    "Deliveries a consumer handled in one transaction (BATCH_MAX above 1): 1 when they come one at a time.",
+    ["queue"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+BATCH_FALLBACKS = Counter(
+    "orderflow_batch_fallbacks_total",
+    "Batches that failed before their commit and were handled again one delivery at a time.",
+    ["queue"],
+)

@@ -52,6 +52,8 @@ class Written:
     """The rows a transaction wrote under ``collecting()``, for its writer to publish after the commit."""
 
     hold_seconds: float
+    #: A batch's messages, written in one INSERT by ``flush`` before its commit (each with its trace context).
+    deferred: list[tuple[Outgoing, dict[str, str]]] | None = None
     _rows: dict[str, Pending] = field(default_factory=dict)  # every row offered to an INSERT, in order
     _inserted: set[str] = field(default_factory=set)  # the ids the INSERTs reported written
 
@@ -64,11 +66,12 @@ _collecting: ContextVar[Written | None] = ContextVar("orderflow_outbox_written",
 
 
 @contextlib.contextmanager
-def collecting(hold_seconds: float = HOLD_SECONDS) -> Iterator[Written]:
+def collecting(hold_seconds: float = HOLD_SECONDS, *, defer: bool = False) -> Iterator[Written]:
     """Collect the outbox rows written in this task until the block ends, and write them held: the caller
     publishes them itself after its commit (``OutboxRelay.publish_committed``). A transaction that rolls back
-    must drop its ``Written``: start a new block for the next attempt."""
-    written = Written(hold_seconds)
+    must drop its ``Written``: start a new block for the next attempt. ``defer``: ``enqueue`` only notes its
+    messages, and the writer inserts them all with ``flush`` before it commits (a batch's replies)."""
+    written = Written(hold_seconds, deferred=[] if defer else None)
     token = _collecting.set(written)
     try:
         yield written
@@ -91,11 +94,13 @@ def insert_sql(first: int = 1, *, only_if: str = "true") -> str:
            RETURNING message_id"""
 
 
-def columns(messages: Sequence[Outgoing]) -> list[Any]:
+def columns(messages: Sequence[Outgoing], traces: Sequence[dict[str, str]] | None = None) -> list[Any]:
     """The parameters of ``insert_sql``: one array per column, in the messages' order (the relay's order), and
-    the hold (NULL, no hold, unless the rows are being collected)."""
-    trace = tracing.current_context()
-    envelopes = [m.envelope.model_copy(update={"trace": trace}) for m in messages]
+    the hold (NULL, no hold, unless the rows are being collected). Each row stores the trace context its
+    message was written in: ``traces``, or the current one."""
+    if traces is None:
+        traces = [tracing.current_context()] * len(messages)
+    envelopes = [m.envelope.model_copy(update={"trace": t}) for m, t in zip(messages, traces, strict=True)]
     bodies = [m.payload.model_dump_json(by_alias=True).encode() for m in messages]
     written = _collecting.get()
     if written is not None:
@@ -119,9 +124,26 @@ def inserted(message_ids: Sequence[str]) -> None:
 
 
 async def enqueue_many(conn: asyncpg.Connection, messages: Sequence[Outgoing]) -> None:
-    """Add messages to the outbox inside the caller's open transaction, in one statement."""
-    if messages:
+    """Add messages to the outbox inside the caller's open transaction, in one statement (noted, when the
+    writer defers them, for its ``flush``)."""
+    written = _collecting.get()
+    if written is not None and written.deferred is not None:
+        trace = tracing.current_context()
+        written.deferred.extend((message, trace) for message in messages)
+    elif messages:
         inserted([row[0] for row in await conn.fetch(insert_sql(), *columns(messages))])
+
+
+async def flush(conn: asyncpg.Connection, written: Written) -> None:
+    """Insert the messages ``written`` deferred so far, in one statement, in the writer's transaction (inside its
+    ``collecting`` block, which notes the rows for the writer to publish)."""
+    if not written.deferred:
+        return
+    deferred, written.deferred = written.deferred, []
+    messages = [message for message, _ in deferred]
+    traces = [trace for _, trace in deferred]
+    rows = await conn.fetch(insert_sql(), *columns(messages, traces))
+    written._inserted.update(row[0] for row in rows)
 
 
 async def enqueue(
@@ -153,6 +175,7 @@ __all__ = [
     "columns",
     "enqueue",
     "enqueue_many",
+    "flush",
     "insert_sql",
     "inserted",
 ]

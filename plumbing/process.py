@@ -15,11 +15,12 @@ from aiohttp import web
 from plumbing import metrics, retention
 from plumbing.backoff import DATABASE_CONNECT
 from plumbing.broker import Broker
-from plumbing.consumer import Consumer, RejectHook, Route
+from plumbing.consumer import Consumer, RejectHook, Route, Unit
 from plumbing.db import create_pool
 from plumbing.faults import FaultPlan
 from plumbing.http import SCRAPE_HOOKS, Site, make_app, serve
 from plumbing.logs import setup_logging
+from plumbing.middleware.base import Middleware
 from plumbing.migrations import PLUMBING_MIGRATIONS, MigrationSet
 from plumbing.relay import OutboxRelay
 from plumbing.settings import ProcessSettings
@@ -38,6 +39,8 @@ class QueueSpec:
     routes: dict[str, Route]
     default_type: str | None = None
     on_reject: RejectHook | None = None
+    #: The queue's own middlewares, run in each unit's transaction before its handlers.
+    in_transaction: list[Middleware[Unit]] = field(default_factory=list)
 
 
 @dataclass
@@ -124,6 +127,9 @@ class Process:
                 on_reject=spec.on_reject,
                 on_committed=self.relay.publish_committed,
                 faults=FaultPlan(self.settings.faults) if self.settings.faults else None,
+                batch_max=self.settings.batch_max,
+                batch_units=self.settings.batch_units,
+                in_transaction=spec.in_transaction,
             )
             await consumer.start(queue)
             self.consumers.append(consumer)

@@ -42,6 +42,19 @@ class ProcessSettings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address of the metrics and health endpoint.")
     http_port: int = Field(8000, description="Port of /metrics, /healthz and /readyz.")
     prefetch: int = Field(16, ge=1, description="Unacknowledged deliveries per consumer.")
+    batch_max: int = Field(
+        32,
+        ge=1,
+        description="Most deliveries a consumer handles in one transaction, taken from those waiting: one waiting "
+        "goes alone at once; under load a batch is what arrived while the previous ones were in hand (PREFETCH "
+        "bounds it too). 1: every delivery its own transaction, as before batching (plumbing/middleware/batch.py).",
+    )
+    batch_units: int = Field(
+        2,
+        ge=1,
+        description="Batches a consumer has in hand at once (with BATCH_MAX above 1): one commits while another "
+        "waits for its confirms.",
+    )
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="Larger bodies are dead-lettered unread.")
     delivery_limit: int = Field(
         10,

@@ -26,6 +26,17 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 tracer = trace.get_tracer("orderflow")
+_enabled = False
+
+
+def enabled() -> bool:
+    """Whether this process records spans (``setup_tracing`` was given somewhere to send them)."""
+    return _enabled
+
+
+def captured() -> context.Context:
+    """The active trace context, to handle a message later in another task (a batch) inside it."""
+    return context.get_current()
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -47,8 +58,10 @@ def setup_tracing(service: str, *, otlp_endpoint: str | None, trace_file: str | 
     Without either, nothing is instrumented: wrapping every query and every message in a span nobody
     records cost about 4 % of a saga's CPU (bench.load). Tracing is then on for every process or for none,
     which is how a deployment configures it (one collector endpoint for all)."""
+    global _enabled
     if not (otlp_endpoint or trace_file):
         return
+    _enabled = True
     provider = TracerProvider(resource=Resource.create({"service.name": f"orderflow-{service}"}))
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -87,7 +100,13 @@ def restored(carrier: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def handling(message_type: str, attributes: dict[str, Any]) -> Iterator[None]:
-    """The span of one handled message, named after its type, with the order id on it."""
-    with tracer.start_as_current_span(f"handle {message_type}", attributes=attributes):
-        yield
+def handling(message_type: str, attributes: dict[str, Any], *, parent: context.Context | None = None) -> Iterator[None]:
+    """The span of one handled message, named after its type, with the order id on it; under ``parent`` (the
+    context its delivery was received in) rather than the current one, when given."""
+    token = context.attach(parent) if parent is not None else None
+    try:
+        with tracer.start_as_current_span(f"handle {message_type}", attributes=attributes):
+            yield
+    finally:
+        if token is not None:
+            context.detach(token)

@@ -3,7 +3,7 @@
 waiting for it (it timed out, retried or compensated), so acting on it now could undo a decision already
 taken; a paused requester that still waits sends it afresh."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from plumbing import metrics
@@ -23,14 +23,17 @@ class Deadline(Middleware[Delivery]):
     def __init__(self, *, clock: Clock = utcnow) -> None:
         self.clock = clock
 
-    async def before(self, delivery: Delivery) -> None:
+    def before(self, delivery: Delivery) -> Awaitable[None] | None:
         deadline = delivery.envelope.deadline
         if not delivery.route.needs_reply or deadline is None:
-            return
+            return None
         now = self.clock()
-        if now > deadline:
-            ctx = delivery.context
-            metrics.COMMANDS_EXPIRED.labels(ctx.queue, ctx.envelope.type).inc()
-            cause = f"deadline {deadline.isoformat()} passed {(now - deadline).total_seconds():.3f} s ago"
-            await fail(ctx, error=NamedError(cause, name=COMMAND_EXPIRED))
-            delivery.stopped = True
+        return self._refuse(delivery, deadline, now) if now > deadline else None
+
+    @staticmethod
+    async def _refuse(delivery: Delivery, deadline: datetime, now: datetime) -> None:
+        ctx = delivery.context
+        metrics.COMMANDS_EXPIRED.labels(ctx.queue, ctx.envelope.type).inc()
+        cause = f"deadline {deadline.isoformat()} passed {(now - deadline).total_seconds():.3f} s ago"
+        await fail(ctx, error=NamedError(cause, name=COMMAND_EXPIRED))
+        delivery.stopped = True

@@ -20,7 +20,7 @@ class Decode(Middleware[Delivery]):
         self.default_type = default_type
         self.max_message_bytes = max_message_bytes
 
-    async def before(self, delivery: Delivery) -> None:
+    def before(self, delivery: Delivery) -> None:
         try:
             self._decode(delivery)
         except PoisonMessage:

@@ -102,11 +102,15 @@ class Delivery:
     context: MessageContext = field(init=False)
     #: What the handler returned: a command's reply.
     result: BaseModel | None = None
+    #: Handled in a unit of several (plumbing/middleware/batch.py).
+    batched: bool = False
+    #: The trace context it was received in, when tracing is on: a batch handles it in another task.
+    trace_context: Any = None
 
 
 @dataclass(eq=False)
 class Unit:
-    """Deliveries handled in one transaction and settled together: one today; a batch with issue 16 item 1."""
+    """Deliveries handled in one transaction and settled together: one, or a batch (BATCH_MAX)."""
 
     deliveries: list[Delivery]
     stopped: bool = False

@@ -4,9 +4,10 @@ nothing, so the requester's timeout fires. Installed only when ``FAULTS`` lists 
 faults does not ask."""
 
 import logging
+from collections.abc import Awaitable
 
 from plumbing.errors import NamedError
-from plumbing.faults import NO_REPLY, FaultPlan
+from plumbing.faults import NO_REPLY, FaultPlan, FaultRule
 from plumbing.middleware.base import Middleware
 from plumbing.middleware.delivery import Delivery
 from plumbing.middleware.replies import fail
@@ -18,12 +19,14 @@ class InjectFaults(Middleware[Delivery]):
     def __init__(self, plan: FaultPlan) -> None:
         self.plan = plan
 
-    async def before(self, delivery: Delivery) -> None:
+    def before(self, delivery: Delivery) -> Awaitable[None] | None:
         if not delivery.route.needs_reply:
-            return
+            return None
         fault = self.plan.match(delivery.envelope)
-        if fault is None:
-            return
+        return None if fault is None else self._inject(delivery, fault)
+
+    @staticmethod
+    async def _inject(delivery: Delivery, fault: FaultRule) -> None:
         log.warning("injected fault", extra={"fields": {"error": fault.error}})
         if fault.error != NO_REPLY:  # NoReply: handled as lost, the requester's timeout decides
             await fail(delivery.context, error=NamedError(fault.cause, name=fault.error))

@@ -6,11 +6,12 @@ delivery's message id in the inbox: a message handled before is a duplicate, who
 claim counts the duplicate, and commits). ``after`` commits, and leaves the rows written for the settling
 outside to publish. On an error the transaction rolls back; a ``Rollback`` from a handler is answered in a
 new transaction on the same connection: the message is claimed afresh (if a copy was handled meanwhile,
-nothing more is written) and the rollback's ``then`` runs (a command's failure reply).
+nothing more is written) and the rollback's ``then`` runs (a command's failure reply). A unit of several
+deliveries (a batch) claims them in one statement and writes its outbox rows in one INSERT before its
+commit; on any error it rolls back whole, and the stage runs its deliveries again one unit each.
 """
 
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,12 @@ from plumbing.middleware.delivery import Delivery, MessageContext, Rollback, Uni
 
 @dataclass
 class _Open:
-    """One open transaction of a unit: how to leave the connection and the transaction, and what it wrote."""
+    """A unit's open transaction, entered by hand as ``async with conn.transaction()`` inside
+    ``with outbox.collecting()`` would be (the hooks are its two halves), and what it wrote."""
 
-    connection: contextlib.AbstractAsyncContextManager[Any]
     conn: asyncpg.Connection
-    transaction: contextlib.AbstractAsyncContextManager[outbox.Written]
+    collecting: contextlib.AbstractContextManager[outbox.Written]
+    transaction: Any  # asyncpg's Transaction: an async context manager that commits or rolls back
     written: outbox.Written
 
 
@@ -38,54 +40,96 @@ class Transaction(Middleware[Unit]):
         self.queue = queue
 
     async def before(self, unit: Unit) -> None:
-        connection = self.pool.acquire()
-        conn = await connection.__aenter__()
-        transaction = self._claiming(conn, unit.deliveries)
+        acquired = self.pool.acquire()
+        conn = await acquired.__aenter__()
         try:
-            written = await transaction.__aenter__()
+            unit.held[self] = (acquired, await self._begin(conn, unit.deliveries))
         except BaseException as error:
-            await connection.__aexit__(type(error), error, error.__traceback__)
+            await acquired.__aexit__(type(error), error, error.__traceback__)
             raise
-        unit.held[self] = _Open(connection, conn, transaction, written)
 
     async def after(self, unit: Unit) -> None:
-        held: _Open = unit.held.pop(self)
+        acquired, open_ = unit.held.pop(self)
         try:
-            await held.transaction.__aexit__(None, None, None)  # commit
-            unit.written = held.written.messages()
+            await self._end(open_, None)  # commit
         except BaseException as error:
-            await held.connection.__aexit__(type(error), error, error.__traceback__)
+            await acquired.__aexit__(type(error), error, error.__traceback__)
             raise
-        await held.connection.__aexit__(None, None, None)
+        unit.written = open_.written.messages()
+        await acquired.__aexit__(None, None, None)
 
     async def on_error(self, unit: Unit, error: BaseException) -> Verdict:
-        held: _Open = unit.held.pop(self)
+        acquired, open_ = unit.held.pop(self)
         verdict = RAISE
         try:
-            await held.transaction.__aexit__(type(error), error, error.__traceback__)  # roll back
-            # A unit of several deliveries falls back to one delivery at a time (issue 16 item 1).
+            await self._end(open_, error)  # roll back
+            # A unit of several deliveries is run again one delivery at a time (plumbing/middleware/batch.py).
             if isinstance(error, Rollback) and len(unit.deliveries) == 1:
-                async with self._claiming(held.conn, unit.deliveries) as written:
-                    if unit.deliveries[0].claimed:
-                        await error.then(unit.deliveries[0].context)
-                unit.written = written.messages()
+                await self._answer(open_.conn, unit, error)
                 verdict = HANDLED
         except BaseException as failure:
-            await held.connection.__aexit__(type(failure), failure, failure.__traceback__)
+            await acquired.__aexit__(type(failure), failure, failure.__traceback__)
             raise
-        await held.connection.__aexit__(None, None, None)
+        await acquired.__aexit__(None, None, None)
         return verdict
 
-    @contextlib.asynccontextmanager
-    async def _claiming(self, conn: asyncpg.Connection, deliveries: list[Delivery]) -> AsyncIterator[outbox.Written]:
-        """A transaction with every delivery claimed, collecting its outbox rows; commits when the block ends."""
-        with outbox.collecting() as written:
-            async with conn.transaction():
-                for delivery in deliveries:
-                    delivery.claimed = await inbox.claim(conn, self.consumer, delivery.envelope.messageId)
-                    delivery.outcome = "ok" if delivery.claimed else "duplicate"
-                    if delivery.claimed:
-                        delivery.context = MessageContext(
-                            envelope=delivery.envelope, conn=conn, consumer=self.consumer, queue=self.queue
-                        )
-                yield written
+    async def _answer(self, conn: asyncpg.Connection, unit: Unit, rollback: Rollback) -> None:
+        """The rollback's ``then`` in a new transaction, the message claimed afresh: if a copy of it was handled
+        meanwhile, nothing more is written."""
+        open_ = await self._begin(conn, unit.deliveries)
+        (delivery,) = unit.deliveries
+        try:
+            if delivery.claimed:
+                await rollback.then(delivery.context)
+        except BaseException as error:
+            await self._end(open_, error)
+            raise
+        await self._end(open_, None)
+        unit.written = open_.written.messages()
+
+    async def _begin(self, conn: asyncpg.Connection, deliveries: list[Delivery]) -> _Open:
+        """Start a transaction collecting its outbox rows, and claim every delivery in it. A batch claims its
+        deliveries in one statement, and defers its outbox rows to one INSERT before its commit."""
+        batch = len(deliveries) > 1
+        collecting = outbox.collecting(defer=batch)
+        written = collecting.__enter__()
+        transaction = conn.transaction()
+        try:
+            await transaction.__aenter__()
+        except BaseException:
+            collecting.__exit__(None, None, None)
+            raise
+        open_ = _Open(conn, collecting, transaction, written)
+        try:
+            if batch:
+                claims = await inbox.claim_many(conn, self.consumer, [d.envelope.messageId for d in deliveries])
+            else:
+                claims = [await inbox.claim(conn, self.consumer, deliveries[0].envelope.messageId)]
+            for delivery, claimed in zip(deliveries, claims, strict=True):
+                delivery.claimed = claimed
+                delivery.outcome = "ok" if claimed else "duplicate"
+                if claimed:
+                    delivery.context = MessageContext(
+                        envelope=delivery.envelope, conn=conn, consumer=self.consumer, queue=self.queue
+                    )
+        except BaseException as error:
+            await self._end(open_, error)
+            raise
+        return open_
+
+    @staticmethod
+    async def _end(open_: _Open, error: BaseException | None) -> None:
+        """Commit (no error) or roll back, then stop collecting."""
+        try:
+            if error is None:
+                if open_.written.deferred:  # a batch's outbox rows, in one INSERT
+                    try:
+                        await outbox.flush(open_.conn, open_.written)
+                    except BaseException as failure:
+                        await open_.transaction.__aexit__(type(failure), failure, failure.__traceback__)
+                        raise
+                await open_.transaction.__aexit__(None, None, None)
+            else:
+                await open_.transaction.__aexit__(type(error), error, error.__traceback__)
+        finally:
+            open_.collecting.__exit__(None, None, None)

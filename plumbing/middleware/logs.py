@@ -9,7 +9,7 @@ class BindLogContext(Middleware[Delivery]):
     """Binds the envelope's ids into the log context (the consumer starts each delivery with an empty one);
     inside the decoding, so a poison message is logged without the ids it failed to give."""
 
-    async def before(self, delivery: Delivery) -> None:
+    def before(self, delivery: Delivery) -> None:
         envelope = delivery.envelope
         bind(
             orderId=envelope.correlationId,

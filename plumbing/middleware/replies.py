@@ -9,6 +9,7 @@ and the unit is held until the database is back.
 
 import functools
 import logging
+from collections.abc import Awaitable
 
 import asyncpg
 
@@ -23,9 +24,10 @@ log = logging.getLogger(__name__)
 class Replies(Middleware[Delivery]):
     """Innermost, around the handler alone: what the reply itself costs fails as any other write does."""
 
-    async def after(self, delivery: Delivery) -> None:
+    def after(self, delivery: Delivery) -> Awaitable[object] | None:
         if delivery.route.needs_reply and delivery.result is not None:
-            await delivery.context.reply(delivery.result)
+            return delivery.context.reply(delivery.result)
+        return None
 
     async def on_error(self, delivery: Delivery, error: BaseException) -> Verdict:
         if not delivery.route.needs_reply:

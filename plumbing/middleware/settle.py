@@ -4,6 +4,8 @@ The acknowledgement waits for the broker's confirms of the messages the commit w
 the consumer down instead of piling publishes up in memory; a delivery is never acknowledged before what it
 caused is committed and confirmed. A unit that failed is handed back to the broker (requeued); after the
 queue's delivery limit the broker dead-letters it. Poison is not settled here: the dead-lettering outside does.
+A batch's deliveries are acknowledged with one frame where that is safe (plumbing/middleware/acks.py); a batch
+that failed before its commit is left to the stage, which runs its deliveries again one at a time.
 """
 
 import logging
@@ -11,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from plumbing import outbox
 from plumbing.errors import PoisonMessage
+from plumbing.middleware import acks
 from plumbing.middleware.base import HANDLED, RAISE, Middleware, Verdict
 from plumbing.middleware.delivery import Unit
 
@@ -28,13 +31,16 @@ class Settle(Middleware[Unit]):
         try:
             if self.on_committed is not None and unit.written:
                 await self.on_committed(unit.written)
-            for delivery in unit.deliveries:
-                await delivery.message.ack()
+            if len(unit.deliveries) == 1:
+                await unit.deliveries[0].message.ack()
+            else:
+                await acks.ack_all([delivery.message for delivery in unit.deliveries])
         except Exception as error:
             await self._requeue(unit, error)
 
     async def on_error(self, unit: Unit, error: BaseException) -> Verdict:
-        if not isinstance(error, Exception) or isinstance(error, PoisonMessage):
+        # A batch that failed before its commit is not settled here: the stage runs each delivery again alone.
+        if not isinstance(error, Exception) or isinstance(error, PoisonMessage) or len(unit.deliveries) > 1:
             return RAISE
         await self._requeue(unit, error)
         return HANDLED

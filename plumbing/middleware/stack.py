@@ -6,27 +6,32 @@ receive, per delivery, outermost first:
   Decode            envelope, route, payload, sender: what fails is poison for DeadLetter
   BindLogContext    the envelope's ids on every log line from here in
   CommandQueueWait  how long a command waited for this consumer, observed before handling
-  -> the stage: today one delivery makes one unit (issue 16 item 1 gathers the waiting ones into a batch)
+  -> the stage: with BATCH_MAX 1 one delivery makes one unit; above, the deliveries waiting make one unit
+     (Gather, plumbing/middleware/batch.py), and a batch that fails is run again one delivery at a time
 unit, per unit of deliveries that share a transaction:
   Settle            after the commit: publish what it wrote, confirmed, then acknowledge; requeue on failure
   HoldWhileDatabaseAway   a lost database connection: wait (backoff) and run the unit again from here in
   Trace             the span, around the transaction (its queries are children), not around the publishing
   Transaction       inbox claims, outbox rows and the handlers' effects in one transaction; Rollback answered
+  (the queue's own)  inside the transaction, before any handler (the orchestrator locks a batch's sagas in order)
   -> each claimed delivery through the handle segment
 handle, per delivery inside the transaction (commands; the others pass through):
+  TraceInBatch      a batched delivery's span, in its own trace (only when tracing is on)
   Deadline          refused past its deadline (Command.Expired), before faults, as before the handler
   InjectFaults      only when FAULTS lists a rule
   Replies           innermost, around the handler alone: result -> reply, named error -> Rollback(failure reply)
   -> the route's handler
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
+from plumbing import tracing
 from plumbing.broker import Broker
 from plumbing.faults import FaultPlan
 from plumbing.middleware.base import Middleware, Pipeline
+from plumbing.middleware.batch import Gather
 from plumbing.middleware.deadletter import DeadLetter, RejectHook
 from plumbing.middleware.deadline import Deadline
 from plumbing.middleware.decode import Decode
@@ -38,7 +43,7 @@ from plumbing.middleware.logs import BindLogContext
 from plumbing.middleware.metrics import CommandQueueWait, CountOutcomes
 from plumbing.middleware.replies import Replies
 from plumbing.middleware.settle import CommitHook, Settle
-from plumbing.middleware.tracing import Trace
+from plumbing.middleware.tracing import Trace, TraceInBatch
 
 
 class Stack:
@@ -47,15 +52,24 @@ class Stack:
     core is the route's handler."""
 
     def __init__(
-        self, *, receive: list[Middleware[Delivery]], unit: list[Middleware[Unit]], handle: list[Middleware[Delivery]]
+        self,
+        *,
+        receive: list[Middleware[Delivery]],
+        unit: list[Middleware[Unit]],
+        handle: list[Middleware[Delivery]],
+        batch_max: int = 1,
+        batch_units: int = 1,
+        queue: str = "",
     ) -> None:
-        self.receive = Pipeline(receive, core=self._stage)
         self.unit = Pipeline(unit, core=self._handle_claimed)
         self.handle = Pipeline(handle, core=_call_handler)
+        self.gather: Gather | None = None
+        if batch_max > 1:
+            self.gather = Gather(run_unit=self.unit.run, batch_max=batch_max, units=batch_units, queue=queue)
+        self.receive = Pipeline(receive, core=self._stage if self.gather is None else self.gather.submit)
 
     async def _stage(self, delivery: Delivery) -> None:
-        """Between the receiving and the unit of work: one delivery makes one unit. Batching (issue 16 item 1)
-        puts a stage here that gathers the deliveries waiting into one unit (docs/architecture.md)."""
+        """Between the receiving and the unit of work, without batching: one delivery makes one unit."""
         await self.unit.run(Unit([delivery]))
 
     async def _handle_claimed(self, unit: Unit) -> None:
@@ -85,9 +99,17 @@ def build_stack(
     on_committed: CommitHook | None,
     faults: FaultPlan | None,
     stopping: Callable[[], bool],
+    batch_max: int = 1,
+    batch_units: int = 1,
+    in_transaction: Sequence[Middleware[Unit]] = (),
 ) -> Stack:
-    """One queue's middlewares; ``stopping`` says when the consumer drains (a held unit is then requeued)."""
-    handle: list[Middleware[Delivery]] = [Deadline()]
+    """One queue's middlewares; ``stopping`` says when the consumer drains (a held unit is then requeued).
+    ``batch_max`` above 1 gathers the deliveries waiting into units of up to that many, ``batch_units`` of
+    them in hand at once; ``in_transaction`` are the queue's own, run in each unit's transaction."""
+    handle: list[Middleware[Delivery]] = []
+    if batch_max > 1 and tracing.enabled():
+        handle.append(TraceInBatch())
+    handle.append(Deadline())
     if faults is not None and faults.rules:
         handle.append(InjectFaults(faults))
     handle.append(Replies())
@@ -104,6 +126,10 @@ def build_stack(
             HoldWhileDatabaseAway(stopping=stopping),
             Trace(),
             Transaction(pool=pool, consumer=name, queue=queue),
+            *in_transaction,
         ],
         handle=handle,
+        batch_max=batch_max,
+        batch_units=batch_units,
+        queue=queue,
     )
