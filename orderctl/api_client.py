@@ -37,8 +37,8 @@ class ApiClient:
     async def get(self, path: str, query: list[tuple[str, str]] | None = None) -> Any:
         return await self._call("GET", path, params=query or [])
 
-    async def post(self, path: str, body: dict[str, Any]) -> Any:
-        return await self._call("POST", path, json=body)
+    async def post(self, path: str, body: dict[str, Any], *, headers: dict[str, str] | None = None) -> Any:
+        return await self._call("POST", path, json=body, headers=headers)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         where = f"the orchestrator's API at {urlsplit(self.base_url).netloc} ({URL_VARIABLE} or --api-url)"

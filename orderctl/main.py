@@ -23,6 +23,7 @@ from orderctl.broker_users import register as register_broker_users
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.errors import EXIT_CODES, INTERRUPTED, OK, USAGE, describe
 from orderctl.outbox import cmd_outbox
+from orderctl.refunds import register as register_refund
 from orderctl.sagas import add_api_flag
 from orderctl.sagas import register as register_list
 from orderctl.tokens import add_parser as add_token_parser
@@ -162,6 +163,7 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(run=commands.cmd_redrive)
 
     register_list(sub, command, json_flag)
+    register_refund(sub, command, json_flag)
 
     d = command(sub, "demo", "migrate, start everything, run sample orders and print their outcomes")
     d.add_argument("--timeout", type=seconds, default=120.0, help="seconds to wait for the outcomes (default: 120)")
