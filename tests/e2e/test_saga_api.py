@@ -134,6 +134,8 @@ async def test_filters_and_counts(stack: Stack, sagas: Sagas) -> None:
         "FAILED": 0,
         "FAILED_COMPENSATED": 1,
         "FAILED_CRITICAL": 2,
+        "CANCELLED_BY_CUSTOMER": 0,
+        "CANCELLATION_FAILED": 0,
     }
     created = [datetime.fromisoformat(item["createdAt"]) for item in everything["items"]]
     assert created == sorted(created, reverse=True), "newest first"
