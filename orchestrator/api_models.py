@@ -15,9 +15,10 @@ from contracts.orders import CancellationStatus, OrderStatus
 
 SagaStatus = Literal["RUNNING", OrderStatus, CancellationStatus]
 SAGA_STATUSES: tuple[str, ...] = ("RUNNING", *get_args(OrderStatus), *get_args(CancellationStatus))
-#: Sagas a redrive may restart: those that ended with a compensation that failed. Any other end is final
-#: (CONFIRMED, CANCELLED, a compensated failure), and a RUNNING saga is still being driven.
-REDRIVABLE: frozenset[str] = frozenset({"FAILED_CRITICAL"})
+#: Sagas a redrive may restart: those that ended with a compensation that failed, and cancellations whose step
+#: still failed after its retries (from that step, same idempotency keys). Any other end is final (CONFIRMED,
+#: CANCELLED, a compensated failure, CANCELLED_BY_CUSTOMER), and a RUNNING saga is still being driven.
+REDRIVABLE: frozenset[str] = frozenset({"FAILED_CRITICAL", "CANCELLATION_FAILED"})
 #: Page sizes of the listing, and how many sagas one bulk redrive may restart.
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 DEFAULT_BULK, MAX_BULK = 100, 500

@@ -8,6 +8,8 @@ from sagadsl import SagaDsl, given
 
 from contracts.orders import CancelOrder
 from orchestrator import cancellation, definition
+from orchestrator.api_models import REDRIVABLE
+from orchestrator.state import Redriven
 
 pytestmark = pytest.mark.unit
 
@@ -114,6 +116,29 @@ def test_a_restock_that_fails_after_its_retries_ends_cancellation_failed(saga: S
     saga.expect_status("CANCELLATION_FAILED")
     assert "orders.VoidOrderRecord" not in saga.resources()
     assert saga.saga.error is not None and saga.saga.error.Error == "Service.Unavailable"
+
+
+def test_a_cancellation_failed_at_its_restock_is_redriven_from_there_without_a_second_refund(saga: SagaDsl) -> None:
+    saga.expect_command("payment.RefundPayment")
+    saga.reply_ok(REFUNDED)
+    for _ in range(3):
+        saga.expect_command("inventory.RestockOrder")
+        saga.reply_error("Database.ConnectionError")
+        saga.fire_retry()
+    saga.expect_command("inventory.RestockOrder")
+    saga.reply_error("Database.ConnectionError")
+    saga.expect_status("CANCELLATION_FAILED")
+    assert "CANCELLATION_FAILED" in REDRIVABLE
+    saga.send(Redriven())
+    restock = saga.expect_command("inventory.RestockOrder")
+    assert restock.payload["idempotencyId"] == "ORDER#9-restock"
+    saga.reply_ok(RESTOCKED)
+    saga.expect_command("orders.VoidOrderRecord")
+    saga.reply_ok({"voided": True})
+    saga.expect_command("notify.NotifyCustomer")
+    saga.reply_ok({"results": []})
+    saga.expect_status("CANCELLED_BY_CUSTOMER")
+    assert saga.resources().count("payment.RefundPayment") == 1
 
 
 def test_a_failed_notification_does_not_fail_the_cancellation(saga: SagaDsl) -> None:

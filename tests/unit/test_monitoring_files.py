@@ -126,7 +126,8 @@ def test_dashboard_shows_each_of_the_guides_five_figures() -> None:
         "orderflow:compensation_rate:ratio1h",
         "orderflow:retry_rate:ratio1h",
         "orderflow:timeout_rate:ratio1h",
-        'orderflow_sagas_finished_total{cluster=~"$cluster", namespace=~"$namespace", status="FAILED_CRITICAL"}',
+        'orderflow_sagas_finished_total{cluster=~"$cluster", namespace=~"$namespace", workflow=~"$workflow", '
+        'status=~"FAILED_CRITICAL|CANCELLATION_FAILED"}',
         "orderflow:notification_failure_rate:ratio1h",
     ]:
         assert figure in exprs
