@@ -9,6 +9,9 @@ import asyncpg
 CONFIRMED = "CONFIRMED"
 #: A compensation failed after its retries: money or stock may still be held, for an operator to redrive.
 FAILED_CRITICAL = "FAILED_CRITICAL"
+#: The cancellation workflow's statuses (orchestrator/cancellation.json).
+CANCELLED_BY_CUSTOMER, CANCELLATION_FAILED = "CANCELLED_BY_CUSTOMER", "CANCELLATION_FAILED"
+CANCELLATION_ENDS = frozenset({CANCELLED_BY_CUSTOMER, CANCELLATION_FAILED})
 #: Stripe refunds that moved money or will.
 REFUND_COUNTED = ("succeeded", "pending", "requires_action")
 #: PaymentIntent statuses that may still take money: an authorization to capture, or an attempt we could
@@ -87,6 +90,16 @@ class Saga:
     #: The priced amount in minor units and its currency ($.inventory), once CheckInventory answered.
     amount_minor: int | None = None
     currency: str | None = None
+    #: The status of the order's cancellation saga (the cancellation workflow), if a CancelOrder started one.
+    cancellation: str | None = None
+
+    def judged(self) -> str | None:
+        """The order's status as the money, stock and record rules judge it: its saga's, or
+        CANCELLED_BY_CUSTOMER once its cancellation completed (refunded, restocked, voided); None while a
+        cancellation runs or after one failed: exempt, as FAILED_CRITICAL is, until an operator redrives it."""
+        if self.cancellation is None:
+            return self.status
+        return CANCELLED_BY_CUSTOMER if self.cancellation == CANCELLED_BY_CUSTOMER else None
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 
 from orchestrator import definition
+from orchestrator.cancellation import CANCELLATION_WORKFLOW
 from orchestrator.definition import FailState, ParallelState, SucceedState, TaskState, Workflow
 from orchestrator.state import RUNNING
 from orderctl.checker.model import REFUND_COUNTED, CheckError, Report, Saga, Snapshot, Violation
@@ -55,7 +56,7 @@ async def _read(url: str, queries: dict[str, tuple[Any, ...]]) -> dict[str, list
         await conn.close()
 
 
-_SAGAS = """SELECT order_id, status,
+_SAGAS = """SELECT order_id, status, coalesce(workflow_name, 'order') AS workflow, subject_order_id,
     coalesce(jsonb_typeof(state #> '{main,data,notificationError}'), 'null') <> 'null' AS notification_error,
     state #>> '{main,data,inventory,amount}' AS amount, state #>> '{main,data,inventory,currency}' AS currency
     FROM saga"""
@@ -122,16 +123,26 @@ async def snapshot(
     )
     orders = await _read(settings.database_url("orders"), {"records": ("SELECT order_id, status FROM order_record",)})
     notify = await _read(
-        settings.database_url("notify"), {"rows": ("SELECT order_id, channel, status FROM notification",)}
+        settings.database_url("notify"),
+        # The confirmation: what the order workflow sends (a cancellation notice is the cancellation's own).
+        {"rows": ("SELECT order_id, channel, status FROM notification WHERE kind = 'confirmation'",)},
     )
     intents = None
     if provider is not None:  # only ended orders are judged: the others' intents may still change
-        intents = await read_provider(provider, (r["order_id"] for r in first["sagas"] if r["status"] in terminal))
+        ended = (r["order_id"] for r in first["sagas"] if r["status"] in terminal and r["workflow"] == "order")
+        intents = await read_provider(provider, ended)
     second = await _read(settings.database_url("orchestrator"), {"sagas": (_SAGAS,)})
 
     before = {r["order_id"]: r for r in first["sagas"]}
     sagas: dict[str, Saga] = {}
+    # A cancellation saga is its order's: read as the order's cancellation status, judged with the order.
+    cancellations = {}
     for row in second["sagas"]:
+        if row["workflow"] == CANCELLATION_WORKFLOW:
+            earlier = before.get(row["order_id"])
+            moved = earlier is None or earlier["status"] != row["status"]
+            cancellations[row["subject_order_id"]] = RUNNING if moved else row["status"]
+            continue
         earlier = before.get(row["order_id"])
         if earlier is None:
             sagas[row["order_id"]] = Saga(RUNNING, moved=" (started while being read)")
@@ -143,6 +154,9 @@ async def snapshot(
             sagas[row["order_id"]] = Saga(
                 row["status"], earlier["notification_error"], amount_minor=amount_minor, currency=currency
             )
+    for order_id, status in cancellations.items():
+        if order_id in sagas:
+            sagas[order_id].cancellation = status
     for h in first["history"]:
         if (saga := sagas.get(h["order_id"])) is not None:
             saga.history.append((h["event"], h["lane"], h["state"], h["detail"]))

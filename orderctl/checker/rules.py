@@ -5,7 +5,14 @@ from collections.abc import Callable, Iterator
 from functools import wraps
 
 from orchestrator.state import RUNNING
-from orderctl.checker.model import CONFIRMED, FAILED_CRITICAL, INTENT_OPEN, REFUND_COUNTED, Snapshot
+from orderctl.checker.model import (
+    CANCELLATION_ENDS,
+    CONFIRMED,
+    FAILED_CRITICAL,
+    INTENT_OPEN,
+    REFUND_COUNTED,
+    Snapshot,
+)
 
 #: A rule yields (order id or None, what is wrong) for each violation it finds.
 Rule = Callable[[Snapshot], Iterator[tuple[str | None, str]]]
@@ -86,15 +93,17 @@ def refunds_within_charge(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
 def money_iff_confirmed(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """Money taken minus refunded is positive exactly for CONFIRMED orders, by our ledger (payment
     status 'succeeded' less refunds; the provider-* rules judge the provider's side). FAILED_CRITICAL
-    orders are exempt: their refund is the compensation that did not finish, waiting for a redrive."""
+    orders are exempt: their refund is the compensation that did not finish, waiting for a redrive. An order
+    cancelled by its customer keeps nothing; one whose cancellation runs or failed is exempt likewise."""
     for order_id, saga in snap.settled():
-        if saga.status == FAILED_CRITICAL:
+        status = saga.judged()
+        if status is None or status == FAILED_CRITICAL:
             continue
         net = snap.net(order_id)
-        if saga.status == CONFIRMED and net <= 0:
+        if status == CONFIRMED and net <= 0:
             yield order_id, f"CONFIRMED but {net} kept (minor units)"
-        elif saga.status != CONFIRMED and net > 0:
-            yield order_id, f"{saga.status} but {net} kept (minor units)"
+        elif status != CONFIRMED and net > 0:
+            yield order_id, f"{status} but {net} kept (minor units)"
 
 
 @rule("provider-money-returned", provider=True)
@@ -103,11 +112,12 @@ def provider_money_returned(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     ended, not CONFIRMED order that received money is refunded in full (succeeded refunds equal to the
     amount received). FAILED_CRITICAL orders are exempt, as in money-iff-confirmed."""
     for order_id, saga in snap.settled():
-        if saga.status in (CONFIRMED, FAILED_CRITICAL):
+        status = saga.judged()
+        if status in (None, CONFIRMED, FAILED_CRITICAL):
             continue
         for intent in snap.intents(order_id):
             if intent.kept > 0:
-                yield order_id, f"{saga.status} but {intent.kept} kept: {intent.describe()}"
+                yield order_id, f"{status} but {intent.kept} kept: {intent.describe()}"
 
 
 @rule("provider-intent-open", provider=True)
@@ -126,9 +136,10 @@ def provider_intent_open(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
 @rule("provider-charge", provider=True)
 def provider_charge(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """A CONFIRMED order has exactly one succeeded, unrefunded PaymentIntent at the payment provider, of
-    the saga's priced amount ($.inventory.amount in minor units) and currency."""
+    the saga's priced amount ($.inventory.amount in minor units) and currency. A cancelled order is not
+    CONFIRMED any more (provider-money-returned judges it)."""
     for order_id, saga in snap.settled():
-        if saga.status != CONFIRMED:
+        if saga.judged() != CONFIRMED:
             continue
         intents = snap.intents(order_id)
         standing = [i for i in intents if i.status == "succeeded" and i.kept > 0]
@@ -170,22 +181,26 @@ def reservation_settled(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """An ended order holds no active reservation: a CONFIRMED one has its reservation committed
     (active is allowed while running: the commit follows order.confirmed) and none released (sold stock
     back on sale), any other has none active or committed (FAILED_CRITICAL may keep an active one: its
-    release did not finish). At most one reservation per order is not released."""
+    release did not finish). At most one reservation per order is not released. An order cancelled by its
+    customer holds none (its sold stock restocked); one whose cancellation runs or failed is not judged."""
     for order_id, saga in snap.settled():
+        status = saga.judged()
+        if status is None:
+            continue
         statuses = Counter(snap.reservations.get(order_id, []))
         held = statuses["active"] + statuses["committed"]
         if held > 1:
             yield order_id, f"{held} reservations hold stock"
-        if saga.status == CONFIRMED:
+        if status == CONFIRMED:
             if statuses["released"]:
                 yield order_id, f"CONFIRMED with {statuses['released']} released reservation(s)"
             if statuses["committed"] or (statuses["active"] and snap.allow_running):
                 continue
             found = ", ".join(sorted(statuses.elements())) or "none"
             yield order_id, f"CONFIRMED without a committed reservation ({found})"
-        elif statuses["committed"] or (statuses["active"] and saga.status != FAILED_CRITICAL):
+        elif statuses["committed"] or (statuses["active"] and status != FAILED_CRITICAL):
             found = ", ".join(s for s in ("active", "committed") if statuses[s])
-            yield order_id, f"{saga.status} with a reservation {found}"
+            yield order_id, f"{status} with a reservation {found}"
 
 
 @rule("compensations-finished")
@@ -208,13 +223,16 @@ def compensations_finished(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
 def order_record(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """A CONFIRMED order record exactly when the saga is CONFIRMED: every CONFIRMED order has one order
     record (its key makes it at most one), CONFIRMED too; no other ended order has a CONFIRMED record (a
-    compensated order's record is VOIDED, or absent)."""
+    compensated order's record is VOIDED, or absent; so is a cancelled order's, and one whose cancellation
+    runs or failed is not judged)."""
     for order_id, saga in snap.settled():
-        record = snap.records.get(order_id)
-        if saga.status == CONFIRMED and record != CONFIRMED:
+        record, status = snap.records.get(order_id), saga.judged()
+        if status is None:
+            continue
+        if status == CONFIRMED and record != CONFIRMED:
             yield order_id, f"CONFIRMED but order record is {record or 'missing'}"
-        elif saga.status != CONFIRMED and record == CONFIRMED:
-            yield order_id, f"{saga.status} but its order record is CONFIRMED"
+        elif status != CONFIRMED and record == CONFIRMED:
+            yield order_id, f"{status} but its order record is CONFIRMED"
 
 
 @rule("notification")
@@ -231,6 +249,21 @@ def notification(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
                 yield order_id, f"CONFIRMED, no notificationError, email {email or 'missing'}"
         elif channels:
             yield order_id, f"{saga.status} but notified: {sorted(channels)}"
+
+
+@rule("cancellation-ended")
+def cancellation_ended(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """A cancellation saga is of a CONFIRMED order (CancelOrder starts none for another) and ends
+    CANCELLED_BY_CUSTOMER or CANCELLATION_FAILED; RUNNING only with ``allow_running``."""
+    for order_id, saga in snap.sagas.items():
+        if saga.cancellation is None:
+            continue
+        if saga.status != CONFIRMED:
+            yield order_id, f"a cancellation of a {saga.status} order"
+        if saga.cancellation == RUNNING and not snap.allow_running:
+            yield order_id, "its cancellation is still RUNNING"
+        elif saga.cancellation != RUNNING and saga.cancellation not in CANCELLATION_ENDS:
+            yield order_id, f"its cancellation ended {saga.cancellation!r}"
 
 
 @rule("effects-without-saga")

@@ -39,7 +39,7 @@ from services.inventory import repository as inventory_repo
 pytestmark = pytest.mark.integration
 
 TABLES = {
-    "orchestrator": "saga_history, saga_timer, saga",
+    "orchestrator": "saga_manual_action, saga_history, saga_timer, saga",
     "inventory": "reservation_line, reservation, product",
     "payment": "payment, refund",
     "orders": "order_record",
@@ -290,7 +290,7 @@ def rules(report: Report) -> set[str]:
 
 def test_every_rule_has_a_name_and_a_docstring() -> None:
     names = [name for name, _ in RULES]
-    assert len(names) == len(set(names)) == 14
+    assert len(names) == len(set(names)) == 15
     assert all(fn.__doc__ for _, fn in RULES)
 
 
@@ -594,6 +594,55 @@ async def test_a_confirmed_order_with_a_released_reservation_beside_its_committe
     report = await check(world.settings)
     assert [(v.rule, v.order_id) for v in report.violations] == [("reservation-settled", orders["CONFIRMED"])]
     assert "released" in report.violations[0].detail
+
+
+async def cancelled(
+    world: World, order_id: str, status: str = "CANCELLED_BY_CUSTOMER", *, refunded: bool = True
+) -> None:
+    """A CONFIRMED order, then its cancellation saga as the cancellation workflow leaves it: refunded, restocked,
+    voided and notified when it completed; only refunded when it failed at the restock."""
+    await world.confirmed(order_id)
+    if refunded:
+        await world.refund(order_id, 1000)
+    if status == "CANCELLED_BY_CUSTOMER":
+        conn = await world.conn("inventory")
+        async with conn.transaction():
+            for reservation in await inventory_repo.sold_reservations(conn, order_id):
+                await inventory_repo.restock_reservation(conn, reservation)
+        await world.sql("orders", "UPDATE order_record SET status = 'VOIDED' WHERE order_id = $1", order_id)
+        await world.sql(
+            "notify",
+            "INSERT INTO notification (order_id, kind, channel, status) VALUES ($1, 'cancellation', 'email', 'sent')",
+            order_id,
+        )
+    state = {"orderId": order_id, "status": status, "main": {"key": "main", "current": None, "data": {}}}
+    await world.sql(
+        "orchestrator",
+        """INSERT INTO saga (order_id, status, state, request_hash, workflow_name)
+           VALUES ($1, $2, $3::jsonb, 'h', 'cancellation')""",
+        f"{order_id} cancel",
+        status,
+        state,
+    )
+
+
+async def test_a_cancelled_order_refunded_restocked_and_voided_is_clean(world: World, provider: Provider) -> None:
+    orders = await world.clean()
+    order_id = f"ORDER#cancel-{uuid.uuid4().hex[:6]}"
+    await cancelled(world, order_id)
+    await provider.agreeing(orders)
+    await provider.refund((await provider.intent(order_id, 1000)).id)
+    report = await check(world.settings, allow_running=False, provider=provider.config)
+    assert report.violations == []
+
+
+async def test_a_failed_cancellation_is_left_to_its_redrive_and_a_completed_one_must_refund(world: World) -> None:
+    await world.product("sku-a", 20)
+    failed, unrefunded = f"ORDER#cf-{uuid.uuid4().hex[:6]}", f"ORDER#cu-{uuid.uuid4().hex[:6]}"
+    await cancelled(world, failed, "CANCELLATION_FAILED")
+    await cancelled(world, unrefunded, refunded=False)
+    report = await check(world.settings, allow_running=False)
+    assert {(v.rule, v.order_id) for v in report.violations} == {("money-iff-confirmed", unrefunded)}
 
 
 async def test_orderctl_check_prints_and_exits_1_on_a_violation(world: World, provider: Provider) -> None:
