@@ -18,6 +18,7 @@ from contracts.payment import RefundPayment
 from contracts.registry import BY_NAME
 from orchestrator import manual_actions, refund_policy, saga_queries
 from orchestrator.api_actions import ACTIONS, NoSuchSaga
+from orchestrator.cancellation import saga_key
 from orchestrator.runner import REPLY_KEY, lock_saga
 from plumbing import outbox
 from plumbing.envelope import Envelope, new_id
@@ -92,8 +93,14 @@ async def refund(
                 ACTIONS.labels(ACTION, "replayed").inc()
                 return _view(order_id, request_key, earlier, replayed=True)
             state = row["state"]
+            # The cancellation workflow's start locks this row too, so neither can begin while the other decides.
+            cancelling = await conn.fetchval("SELECT status FROM saga WHERE order_id = $1", saga_key(order_id))
             plan = refund_policy.plan(
-                state.get("status"), state, asked=amount, held=await manual_actions.held(conn, order_id)
+                state.get("status"),
+                state,
+                asked=amount,
+                held=await manual_actions.held(conn, order_id),
+                cancellation=cancelling,
             )
             command_id = new_id()
             key = idempotency_key(order_id, request_key)

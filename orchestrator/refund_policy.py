@@ -101,15 +101,29 @@ def refunded_by_workflow(state: dict[str, Any], charge: Charge) -> Decimal:
     return min(total, charge.amount)
 
 
-def plan(status: str, state: dict[str, Any], *, asked: Decimal | None, held: Decimal) -> RefundPlan:
+def plan(
+    status: str, state: dict[str, Any], *, asked: Decimal | None, held: Decimal, cancellation: str | None = None
+) -> RefundPlan:
     """The refund to send for ``asked`` (None: all that remains), given ``held``, what earlier manual refunds
-    of this saga hold (pending or done); NotRefundable or RefundTooLarge when there is none to send."""
+    of this saga hold (pending or done), and ``cancellation``, the status of the order's cancellation saga if it
+    has one; NotRefundable or RefundTooLarge when there is none to send."""
+    if cancellation is not None:
+        raise NotRefundable(
+            f"the order has a cancellation ({cancellation}): the cancellation refunds what was charged",
+            status=status,
+        )
     if status == "RUNNING":
         raise NotRefundable("the saga is still running: refund it once it has ended", status=status)
-    if status not in REFUNDABLE_STATUSES:
+    if status == "FAILED_CRITICAL":
         raise NotRefundable(
             f"the saga is {status}: its compensation has to finish first (redrive it; its RefundPayment refunds "
             "what was charged)",
+            status=status,
+        )
+    if status not in REFUNDABLE_STATUSES:
+        raise NotRefundable(
+            f"the saga is {status}: manual refunds are for order sagas that ended "
+            f"({', '.join(sorted(REFUNDABLE_STATUSES))})",
             status=status,
         )
     charge = charge_of(state)

@@ -39,7 +39,7 @@ async def orders(stack: Stack) -> Orders:
     tag = uuid.uuid4().hex[:10]
     sku = f"sku-{tag}"
     await seed(stack, {sku: (50, "15.00")})
-    paid = {name: f"ORDER#{tag}-{name}" for name in ("split", "outside", "retry", "cli")}
+    paid = {name: f"ORDER#{tag}-{name}" for name in ("split", "outside", "retry", "cli", "cancelled")}
     declined = f"ORDER#{tag}-declined"
     connection = await aio_pika.connect_robust(stack.settings.amqp_url)
     try:
@@ -219,6 +219,27 @@ async def test_an_order_never_charged_or_unknown_is_refused(stack: Stack, orders
     assert status == 400 and {e["name"] for e in bad["errors"]} == {"Idempotency-Key"}, bad
     status, bad = await refund(stack, orders.declined, {"amount": -1.001}, token=orders.operator)
     assert status == 400 and {e["name"] for e in bad["errors"]} == {"amount", "reason"}, bad
+
+
+async def test_a_cancelled_order_is_left_to_its_cancellation(stack: Stack, orders: Orders) -> None:
+    order_id = orders.paid["cancelled"]
+    connection = await aio_pika.connect_robust(stack.settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange("orders", aio_pika.ExchangeType.TOPIC, durable=True)
+        body = json.dumps({"orderId": order_id, "reason": "changed my mind"}).encode()
+        await exchange.publish(aio_pika.Message(body=body, content_type="application/json"), "order.cancel.requested")
+    finally:
+        await connection.close()
+
+    async def cancellation() -> str | None:
+        status, _, body = await acall(stack, saga_path(f"{order_id} cancel"), token=orders.viewer)
+        return body["status"] if status == 200 and body["status"] != "RUNNING" else None
+
+    await eventually(cancellation, timeout=60, what=f"the cancellation of {order_id}")
+    status, refused = await refund(stack, order_id, {"amount": 1, "reason": "also"}, token=orders.operator)
+    assert status == 409 and "cancellation" in refused["detail"], refused
+    assert not events(await saga(stack, orders, order_id), "ManualRefundRequested")
 
 
 def orderctl_refund(stack: Stack, token: str, *args: str) -> subprocess.CompletedProcess:

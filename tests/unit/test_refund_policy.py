@@ -46,7 +46,7 @@ def test_nothing_left_is_a_conflict() -> None:
     assert refused.value.error == refund_policy.REFUND_EXCEEDS_CHARGE
 
 
-@pytest.mark.parametrize("status", ["RUNNING", "FAILED_CRITICAL"])
+@pytest.mark.parametrize("status", ["RUNNING", "FAILED_CRITICAL", "CANCELLED_BY_CUSTOMER"])
 def test_sagas_not_ended_or_with_a_compensation_to_finish_are_refused(status: str) -> None:
     with pytest.raises(NotRefundable) as refused:
         plan(status, saga(payment=CHARGED), asked=None, held=Decimal(0))
@@ -82,3 +82,9 @@ def test_replies() -> None:
     assert not nothing.succeeded and nothing.error == refund_policy.NO_CHARGE
     failed = settled(False, None, "RefundExceedsCharge", "Refund amount is greater than unrefunded amount")
     assert not failed.succeeded and failed.error == "RefundExceedsCharge" and "greater" in (failed.cause or "")
+
+
+def test_an_order_with_a_cancellation_is_left_to_it() -> None:
+    with pytest.raises(NotRefundable) as refused:
+        plan("CONFIRMED", saga(payment=CHARGED), asked=Decimal("1"), held=Decimal(0), cancellation="RUNNING")
+    assert "cancellation" in str(refused.value)
