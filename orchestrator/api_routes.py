@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
-from orchestrator import api_sagas
+from orchestrator import api_cancel, api_sagas
 from orchestrator.api_auth import role_for_method
 from orchestrator.api_models import (
     BulkRedriveRequest,
@@ -130,6 +130,20 @@ ROUTES: tuple[ApiRoute, ...] = (
         response=RefundResult,
         errors=(400, 404, 409, 422),
         ok_statuses=(202, 200),
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/sagas/{orderId}/cancel",
+        api_cancel.cancel_saga,
+        "cancelOrder",
+        "Cancel a CONFIRMED order for its customer: the cancellation workflow",
+        "Starts the cancellation workflow (as a client's CancelOrder does): refund in full ({orderId}-cancel-refund), "
+        "restock, void the record, tell the customer. Its saga is '{orderId} cancel' (GET it for the progress); "
+        "its history gets CancelRequested (who, from where, why) in the same transaction. 409 when the order is "
+        "not CONFIRMED or already has a cancellation (the problem's refusal names which); nothing is written then.",
+        body=api_cancel.CancelRequest,
+        response=api_cancel.CancelResult,
+        errors=(400, 404, 409),
     ),
     ApiRoute(
         "GET",

@@ -20,6 +20,7 @@ import shtab
 from orchestrator import definition
 from orderctl import commands
 from orderctl.broker_users import register as register_broker_users
+from orderctl.cancels import register as register_cancel
 from orderctl.config import SERVICES, CtlSettings
 from orderctl.errors import EXIT_CODES, INTERRUPTED, OK, USAGE, describe
 from orderctl.outbox import cmd_outbox
@@ -164,6 +165,7 @@ def parser() -> argparse.ArgumentParser:
 
     register_list(sub, command, json_flag)
     register_refund(sub, command, json_flag)
+    register_cancel(sub, command, json_flag)
 
     d = command(sub, "demo", "migrate, start everything, run sample orders and print their outcomes")
     d.add_argument("--timeout", type=seconds, default=120.0, help="seconds to wait for the outcomes (default: 120)")

@@ -5,6 +5,9 @@ CONFIRMED, are answered on ``order.cancellation_rejected`` with a named reason a
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import aio_pika
 import pytest
 import stripe
-from harness import Stack, db, eventually, metric_value, order_body, publish_raw, seed, stock_of
+from harness import Stack, create_api_token, db, eventually, metric_value, order_body, publish_raw, seed, stock_of
 from test_saga_api import acall, saga_path
 
 from devservers.smtp_sink import messages
@@ -30,14 +33,18 @@ class Orders:
     sku: str
     confirmed: str
     failed: str
+    #: CONFIRMED orders an operator cancels: through the API, and with orderctl.
+    by_api: str
+    by_cli: str
 
 
 @pytest.fixture(scope="module")
 async def orders(stack: Stack) -> Orders:
     tag = uuid.uuid4().hex[:10]
     sku = f"sku-{tag}"
-    await seed(stack, {sku: (10, "15.00")})
+    await seed(stack, {sku: (10, "15.00"), f"{sku}-ops": (10, "2.00")})
     confirmed, failed = f"ORDER#{tag}-keep", f"ORDER#{tag}-declined"
+    by_api, by_cli = f"ORDER#{tag}-api", f"ORDER#{tag}-cli"
     connection = await aio_pika.connect_robust(stack.settings.amqp_url)
     try:
         channel = await connection.channel()
@@ -45,12 +52,19 @@ async def orders(stack: Stack) -> Orders:
         await listener.start(channel)
         await publish_raw(channel, json.dumps(order_body(confirmed, [(sku, 2)])).encode())
         await publish_raw(channel, json.dumps(order_body(failed, [(sku, 1)], "pm_card_chargeDeclined")).encode())
-        outcomes = await listener.wait_for([confirmed, failed], 120)
+        for order_id in (by_api, by_cli):
+            await publish_raw(channel, json.dumps(order_body(order_id, [(f"{sku}-ops", 1)])).encode())
+        outcomes = await listener.wait_for([confirmed, failed, by_api, by_cli], 120)
     finally:
         await connection.close()
-    assert {i: o["status"] for i, o in outcomes.items()} == {confirmed: "CONFIRMED", failed: "FAILED"}
+    assert {i: o["status"] for i, o in outcomes.items()} == {
+        confirmed: "CONFIRMED",
+        failed: "FAILED",
+        by_api: "CONFIRMED",
+        by_cli: "CONFIRMED",
+    }
     await eventually(lambda: _committed(stack, confirmed), timeout=15, what="the reservation committed")
-    return Orders(sku, confirmed, failed)
+    return Orders(sku, confirmed, failed, by_api, by_cli)
 
 
 async def _committed(stack: Stack, order_id: str) -> bool:
@@ -229,3 +243,64 @@ async def test_an_order_that_is_not_confirmed_or_unknown_is_refused(
     assert answer["reason"] == "OrderNotFound"
     rows = await fetch(stack, "orchestrator", "SELECT order_id FROM saga WHERE subject_order_id = $1", unknown)
     assert rows == []
+
+
+# -- an operator's cancel: POST /api/v1/sagas/{orderId}/cancel and orderctl cancel -------------------------------
+async def cancellation_of(stack: Stack, order_id: str, token: str) -> dict[str, Any]:
+    async def ended() -> dict[str, Any] | None:
+        status, _, saga = await acall(stack, saga_path(saga_key(order_id)), token=token)
+        return saga if status == 200 and saga["status"] != "RUNNING" else None
+
+    return await eventually(ended, timeout=60, what=f"the cancellation of {order_id} ended")
+
+
+async def test_an_operator_cancels_through_the_api_audited_and_refusals_are_http_answers(
+    stack: Stack, orders: Orders
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    operator = await create_api_token(stack.settings, "operator", f"cancel-operator-{tag}")
+    path = saga_path(orders.by_api, "/cancel")
+    status, _, body = await acall(stack, path, token=stack.api_token, method="POST", body={"reason": "x"})
+    assert status == 403  # a viewer may not
+
+    status, _, body = await acall(stack, path, token=operator, method="POST", body={"reason": "Customer called"})
+    assert status == 200, body
+    assert body["cancellation"] == saga_key(orders.by_api) and body["status"] == "RUNNING"
+    assert body["by"]["token"] == f"cancel-operator-{tag}"
+    saga = await cancellation_of(stack, orders.by_api, operator)
+    assert saga["status"] == "CANCELLED_BY_CUSTOMER" and saga["workflow"]["name"] == "cancellation"
+    (audit,) = [h for h in saga["history"] if h["event"] == "CancelRequested"]
+    assert audit["detail"]["reason"] == "Customer called" and audit["detail"]["by"]["role"] == "operator"
+    (void,) = await fetch(stack, "orders", "SELECT reason FROM order_void WHERE order_id = $1", orders.by_api)
+    assert void["reason"] == "Customer called"
+
+    status, _, again = await acall(stack, path, token=operator, method="POST", body={"reason": "again"})
+    assert status == 409 and again["refusal"] == "CancellationAlreadyRequested"
+    status, _, failed = await acall(
+        stack, saga_path(orders.failed, "/cancel"), token=operator, method="POST", body={"reason": "x"}
+    )
+    assert status == 409 and failed["refusal"] == "OrderNotConfirmed"
+    status, _, _ = await acall(
+        stack, saga_path("ORDER#never-ordered", "/cancel"), token=operator, method="POST", body={"reason": "x"}
+    )
+    assert status == 404
+    assert len((await refunds_of(stack, orders.by_api))[1]) == 1
+
+
+def orderctl_cancel(stack: Stack, token: str, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERFLOW_")}
+    env |= {"ORDERFLOW_API_URL": stack.api_url, "ORDERFLOW_API_TOKEN": token}
+    return subprocess.run(
+        [sys.executable, "-m", "orderctl", "cancel", *args], env=env, capture_output=True, text=True, timeout=90
+    )
+
+
+async def test_orderctl_cancel_waits_for_the_cancellation(stack: Stack, orders: Orders) -> None:
+    operator = await create_api_token(stack.settings, "operator", f"cancel-cli-{uuid.uuid4().hex[:8]}")
+    done = await asyncio.to_thread(orderctl_cancel, stack, operator, orders.by_cli, "--reason", "By phone", "--json")
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert printed["status"] == "CANCELLED_BY_CUSTOMER" and printed["cancellation"] == saga_key(orders.by_cli)
+    again = await asyncio.to_thread(orderctl_cancel, stack, operator, orders.by_cli, "--reason", "twice")
+    assert again.returncode == 1  # 409: orderctl's exit code for a refusal
+    assert "its cancellation is CANCELLED_BY_CUSTOMER" in again.stderr

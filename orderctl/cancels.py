@@ -1,0 +1,70 @@
+"""``orderctl cancel``: cancel a CONFIRMED order for its customer, through the orchestrator's API (docs/api.md).
+
+Only through the API (``--api-url`` or ORDERFLOW_API_URL, with ORDERFLOW_API_TOKEN, an operator's): the
+orchestrator starts the cancellation workflow and audits who asked. With ``--wait`` (the default 60 s) it
+follows the cancellation saga until it ends and says how.
+"""
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from orderctl import api_client, output
+from orderctl.config import CtlSettings
+from orderctl.errors import CtlError, UsageError
+from orderctl.refunds import wait_seconds
+
+POLL_SECONDS = 0.5
+
+
+def register(sub: argparse._SubParsersAction, command: Any, json_flag: Any) -> None:
+    """``orderctl cancel``; orderctl/main.py calls this."""
+    c = command(sub, "cancel", "cancel a CONFIRMED order: refund, restock, void, notify (through the API; audited)")
+    c.add_argument("order_id", help="the order's id, e.g. 'ORDER#123' (quote the #)")
+    c.add_argument("--reason", required=True, help="why (the customer's words), for the refund and the audit entry")
+    c.add_argument(
+        "--wait",
+        type=wait_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="wait this long for the cancellation to end (default: 60; 0: do not wait)",
+    )
+    c.add_argument(
+        "--api-url",
+        help="the orchestrator's API, e.g. http://127.0.0.1:8080 (default: ORDERFLOW_API_URL); the token comes "
+        "from ORDERFLOW_API_TOKEN",
+    )
+    json_flag(c)
+    c.set_defaults(run=cmd_cancel)
+
+
+async def _ended(api: api_client.ApiClient, saga_id: str, wait: float) -> dict[str, Any]:
+    """The cancellation saga once it left RUNNING, or as it stands when ``wait`` passed."""
+    deadline = time.monotonic() + wait
+    while True:
+        saga = await api.get(api_client.saga_path(saga_id))
+        if saga["status"] != "RUNNING" or time.monotonic() >= deadline:
+            return saga
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def cmd_cancel(settings: CtlSettings, args: argparse.Namespace) -> int:
+    url = api_client.api_url(settings, args.api_url)
+    if url is None:
+        raise UsageError(
+            f"cancel goes through the orchestrator's API: set {api_client.URL_VARIABLE} or --api-url "
+            f"(and {api_client.TOKEN_VARIABLE})"
+        )
+    async with api_client.connect(settings, url) as api:
+        asked = await api.post(api_client.saga_path(args.order_id, "/cancel"), {"reason": args.reason})
+        saga = await _ended(api, asked["cancellation"], args.wait) if args.wait > 0 else None
+    status = saga["status"] if saga else asked["status"]
+    if args.json:
+        output.as_json({**asked, "status": status, "saga": saga})
+    else:
+        print(f"{args.order_id}: cancellation {status}; follow it with orderctl status '{asked['cancellation']}'")
+    if status == "CANCELLATION_FAILED":
+        error = (saga or {}).get("error") or {}
+        raise CtlError(f"{args.order_id}: the cancellation failed: {error.get('Error')}: {error.get('Cause')}")
+    return 0
