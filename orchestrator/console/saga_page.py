@@ -1,30 +1,40 @@
 """One saga in the console (/console/sagas/{orderId}): the workflow graph of the definition the saga runs on,
-marked with what this saga did, its steps and history as a timeline, and the operator's redrive button.
+marked with what this saga did, its steps and history as a timeline, and the operator's redrive button and
+refund form.
 
 The data is the API's (saga_detail.detail, the body of GET /api/v1/sagas/{orderId}); the definition is the
 stored version the saga records (orchestrator/versions.py), the one its transitions use. The redrive form
 posts to /console/sagas/{orderId}/redrive, which does what POST /api/v1/sagas/{orderId}/redrive does
-(api_actions.redrive: same checks, same audit entry, same metric) and comes back here.
+(api_actions.redrive: same checks, same audit entry, same metric) and comes back here. The refund form posts to
+/console/sagas/{orderId}/refund, which is POST /api/v1/sagas/{orderId}/refund (api_refund.refund); its
+Idempotency-Key is made when the page is drawn, so a form posted twice (a double click, a reload) refunds once.
 """
 
+import re
 from html import escape
 
+import asyncpg
 from aiohttp import web
+from pydantic import ValidationError
 
-from orchestrator import api_actions, saga_queries
+from orchestrator import api_actions, api_refund, manual_actions, refund_policy, saga_queries
 from orchestrator.api_auth import principal_of
-from orchestrator.api_models import SagaDetail
+from orchestrator.api_models import IDEMPOTENCY_KEY_PATTERN, RefundRequest, SagaDetail
 from orchestrator.api_sagas import NUDGE, RUNNER, _pool, audit_actor
+from orchestrator.cancellation import saga_key
 from orchestrator.console import graph
 from orchestrator.console.html import page, see_other
 from orchestrator.console.list_page import REFRESH_SECONDS, saga_link
 from orchestrator.saga_detail import detail
+from plumbing.envelope import new_id
 
 #: History events that mark their state as where the saga failed (a Task's own failure is its last attempt's).
 FAILING_EVENTS = frozenset({"ChoiceStateFailed", "StateDataFailed", "ParallelStateTimedOut"})
 NOTICES = {
     "redriven": "Redrive requested: the saga goes on from the step that failed.",
     "refused": "Not redriven: see why below.",
+    "refund-requested": "Refund requested: its outcome appears in the history (ManualRefundSucceeded or "
+    "ManualRefundFailed); reload to see it.",
 }
 
 
@@ -98,9 +108,36 @@ def redrive_form(saga: SagaDetail) -> str:
     )
 
 
-def summary(saga: SagaDetail, *, operator: bool) -> str:
+def refund_form(saga: SagaDetail, plan: refund_policy.RefundPlan) -> str:
+    """The operator's refund form: an amount (empty: all that remains), a reason, the request's key."""
+    action = escape(saga_link(saga.orderId) + "/refund")
+    currency = escape(plan.charge.currency.upper())
+    return (
+        f'<form method="post" action="{action}" class="confirm" id="refund-form" '
+        f'data-confirm="Refund {{amount}} {currency} of {escape(saga.orderId)} to the customer?">'
+        f'<input name="amount" id="refund-amount" inputmode="decimal" pattern="[0-9]+([.][0-9]{{1,2}})?" '
+        f'placeholder="Amount in {currency} (empty: all {plan.remaining})">'
+        '<input name="reason" id="refund-reason" maxlength="400" required placeholder="Why (for the audit entry)">'
+        f'<input type="hidden" name="key" value="{new_id()}">'
+        f'<button type="submit" id="refund">Refund</button></form>'
+        f'<p class="hint">Charged {plan.charge.amount} {currency}; {plan.remaining} {currency} may be refunded.</p>'
+    )
+
+
+async def refund_plan(conn: asyncpg.Connection, row: asyncpg.Record, order_id: str) -> refund_policy.RefundPlan | None:
+    """What a full refund would give back now, or None when the saga allows none (no form then)."""
+    cancelling = await conn.fetchval("SELECT status FROM saga WHERE order_id = $1", saga_key(order_id))
+    try:
+        held = await manual_actions.held(conn, order_id)
+        return refund_policy.plan(row["status"], row["state"], asked=None, held=held, cancellation=cancelling)
+    except refund_policy.NotRefundable:
+        return None
+
+
+def summary(saga: SagaDetail, *, operator: bool, refund: refund_policy.RefundPlan | None = None) -> str:
     error = f"{escape(saga.error.Error)}: {escape(saga.error.Cause or '')}" if saga.error else "none"
     actions = redrive_form(saga) if operator and saga.redrive.redrivable else ""
+    actions += refund_form(saga, refund) if operator and refund is not None else ""
     why = "" if saga.redrive.redrivable else f'<p class="hint">{escape(saga.redrive.reason or "")}</p>'
     return (
         f'<dl class="summary"><dt>Status</dt><dd id="saga-status" class="status status-{saga.status}">'
@@ -112,7 +149,8 @@ def summary(saga: SagaDetail, *, operator: bool) -> str:
     )
 
 
-async def saga_page(request: web.Request) -> web.Response:
+async def saga_page(request: web.Request, *, notice: str | None = None, status: int = 200) -> web.Response:
+    """The page; ``notice`` (text, escaped here) and ``status`` when an action was refused and the page says why."""
     order_id = request.match_info["orderId"]
     principal = principal_of(request)
     who = (principal.name, principal.role)
@@ -121,21 +159,23 @@ async def saga_page(request: web.Request) -> web.Response:
         if row is None:
             return page("Not found", f'<p class="error">No saga for order {escape(order_id)}.</p>', status=404, who=who)
         saga = detail(row, await saga_queries.history(conn, order_id))
+        refund = await refund_plan(conn, row, order_id) if principal.may("operator") else None
         try:
             workflow = await request.app[RUNNER].workflow_of(conn, row["workflow_name"], row["workflow_version"])
             drawing = graph.render(workflow.StartAt, workflow.States, marks_of(saga))
         except LookupError as exc:  # a version no longer stored: the rest of the page still helps
             drawing = f'<p class="error">No graph: {escape(str(exc))}</p>'
-    notice = NOTICES.get(request.query.get("notice", ""), "")
+    notice = escape(notice) if notice is not None else NOTICES.get(request.query.get("notice", ""), "")
     live = f' data-live="{REFRESH_SECONDS}"' if saga.status == "RUNNING" else ""
     body = (
         f"<h1>{escape(order_id)}</h1>{f'<p class=notice id=notice>{notice}</p>' if notice else ''}"
         f'<section id="live"{live}><div class="saga-view">'
         f'<div class="graph">{drawing}</div>'
-        f'<div class="side">{summary(saga, operator=principal.may("operator"))}<h2>Steps</h2>{steps_table(saga)}'
+        f'<div class="side">{summary(saga, operator=principal.may("operator"), refund=refund)}'
+        f"<h2>Steps</h2>{steps_table(saga)}"
         f"<h2>History</h2>{timeline(saga)}</div></div></section>"
     )
-    return page(order_id, body, who=who)
+    return page(order_id, body, who=who, status=status)
 
 
 async def redrive(request: web.Request) -> web.StreamResponse:
@@ -151,3 +191,36 @@ async def redrive(request: web.Request) -> web.StreamResponse:
             return see_other(saga_link(order_id) + "?notice=refused")
     request.app[NUDGE]()
     return see_other(saga_link(order_id) + "?notice=redriven")
+
+
+async def refund(request: web.Request) -> web.StreamResponse:
+    """The refund form: api_refund.refund as the API runs it, then back to the saga's page; a refusal is the
+    page again with why (409, 422; 400 for a bad amount or reason)."""
+    order_id = request.match_info["orderId"]
+    form = await request.post()
+    key = str(form.get("key", ""))
+    amount = str(form.get("amount", "")).strip()
+    data = {"reason": str(form.get("reason", "")).strip()} | ({"amount": amount} if amount else {})
+    try:
+        body = RefundRequest.model_validate(data)
+    except ValidationError as exc:
+        why = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return await saga_page(request, notice=f"Not refunded: {why}", status=400)
+    async with _pool(request).acquire() as conn:
+        try:
+            await api_refund.refund(
+                conn,
+                order_id,
+                amount=body.amount,
+                reason=body.reason,
+                request_key=key if re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key) else new_id(),
+                actor=audit_actor(request),
+            )
+        except api_actions.NoSuchSaga:
+            raise web.HTTPNotFound(text=f"no saga for order {order_id!r}") from None
+        except refund_policy.NotRefundable as exc:
+            return await saga_page(request, notice=f"Not refunded: {exc}", status=409)
+        except (refund_policy.RefundTooLarge, api_refund.KeyReused) as exc:
+            return await saga_page(request, notice=f"Not refunded: {exc}", status=422)
+    request.app[NUDGE]()
+    return see_other(saga_link(order_id) + "?notice=refund-requested")

@@ -4,13 +4,16 @@ the money is checked at the local Stripe server through the stripe SDK, the audi
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiohttp
 import pytest
 import stripe
 from harness import Stack, create_api_token, db, eventually, metric_value, order_body, publish_raw, seed
@@ -39,7 +42,7 @@ async def orders(stack: Stack) -> Orders:
     tag = uuid.uuid4().hex[:10]
     sku = f"sku-{tag}"
     await seed(stack, {sku: (50, "15.00")})
-    paid = {name: f"ORDER#{tag}-{name}" for name in ("split", "outside", "retry", "cli", "cancelled")}
+    paid = {name: f"ORDER#{tag}-{name}" for name in ("split", "outside", "retry", "cli", "cancelled", "console")}
     declined = f"ORDER#{tag}-declined"
     connection = await aio_pika.connect_robust(stack.settings.amqp_url)
     try:
@@ -264,3 +267,48 @@ async def test_orderctl_refund_through_the_api(stack: Stack, orders: Orders) -> 
     viewer = await asyncio.to_thread(orderctl_refund, stack, orders.viewer, order_id, "--reason", "x")
     assert viewer.returncode == 2 and "operator" in viewer.stderr
     assert await money_at_stripe(stack, order_id) == ([1000, 2000], 3000)
+
+
+async def console_post(stack: Stack, token: str, order_id: str, form: dict[str, str]) -> tuple[int, str, str]:
+    """The console's refund form posted as a browser on the console's page does: status, Location, page."""
+    url = f"{stack.api_url}/console/sagas/{urllib.parse.quote(order_id, safe='')}/refund"
+    headers = {"Authorization": f"Bearer {token}", "Origin": stack.api_url}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=form, headers=headers, allow_redirects=False) as answer:
+            return answer.status, answer.headers.get("Location", ""), await answer.text()
+
+
+async def console_page(stack: Stack, token: str, order_id: str) -> str:
+    url = f"{stack.api_url}/console/sagas/{urllib.parse.quote(order_id, safe='')}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as answer:
+            assert answer.status == 200
+            return await answer.text()
+
+
+async def test_the_consoles_refund_form(stack: Stack, orders: Orders) -> None:
+    order_id = orders.paid["console"]
+    assert 'id="refund-form"' not in await console_page(stack, orders.viewer, order_id)
+    drawn = await console_page(stack, orders.operator, order_id)
+    assert 'id="refund-form"' in drawn and "30.00 USD may be refunded" in drawn
+    key = re.search(r'name="key" value="([^"]+)"', drawn)
+    assert key is not None
+
+    form = {"amount": "2.50", "reason": "scratched box", "key": key[1]}
+    for _ in range(2):  # a double click: one refund
+        status, location, _ = await console_post(stack, orders.operator, order_id, form)
+        assert status == 303 and location.endswith("?notice=refund-requested"), (status, location)
+    asked = events(await saga(stack, orders, order_id), "ManualRefundRequested")
+    assert len(asked) == 1 and asked[0]["detail"]["by"]["token"] == orders.operator_name
+    done = await outcome(stack, orders, order_id, asked[0]["detail"]["commandId"])
+    assert done["event"] == "ManualRefundSucceeded"
+    assert await money_at_stripe(stack, order_id) == ([250], 250)
+    assert "27.50 USD may be refunded" in await console_page(stack, orders.operator, order_id)
+
+    status, _, page = await console_post(stack, orders.operator, order_id, {"amount": "40", "reason": "too much"})
+    assert status == 422 and "Not refunded" in page and "27.50" in page
+    status, _, page = await console_post(stack, orders.operator, order_id, {"amount": "1"})
+    assert status == 400 and "Not refunded" in page
+    status, _, _ = await console_post(stack, orders.viewer, order_id, {"amount": "1", "reason": "viewer"})
+    assert status == 403
+    assert await money_at_stripe(stack, order_id) == ([250], 250)

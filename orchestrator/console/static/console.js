@@ -4,7 +4,10 @@
 
 document.addEventListener("submit", (event) => {
   const form = event.target;
-  if (form.classList.contains("confirm") && !window.confirm(form.dataset.confirm || "Are you sure?")) {
+  // A refund's confirmation names its amount: "{amount}" is the form's amount field, or all that remains.
+  const amount = form.elements.amount ? form.elements.amount.value.trim() || "all that remains of" : "";
+  const question = (form.dataset.confirm || "Are you sure?").replace("{amount}", amount);
+  if (form.classList.contains("confirm") && !window.confirm(question)) {
     event.preventDefault();
   }
   if (form.id === "filters") {
