@@ -1,16 +1,16 @@
 """The web console at /console/, served by the orchestrator's API application (docs/console.md).
 
 Server-rendered HTML, one stylesheet and one small script shipped in this package (static/): nothing is fetched
-from elsewhere. Its pages read what the API reads (saga_queries, saga_detail) and its actions, redrive and refund,
-run the API's (api_actions, api_refund). It authenticates with the session cookie session.py sets from an API token; the
-roles are the API's (GET needs viewer, POST operator), enforced by the same middleware.
+from elsewhere. Its pages read what the API reads (saga_queries, saga_detail) and its actions, redrive, refund and
+cancel, run the API's (api_actions, api_refund, api_cancel). It authenticates with the session cookie session.py
+sets from an API token; the roles are the API's (GET needs viewer, POST operator), enforced by the same middleware.
 """
 
 from importlib.resources import files
 
 from aiohttp import web
 
-from orchestrator.console import list_page, saga_page, session
+from orchestrator.console import cancel_form, list_page, saga_page, session
 
 STATIC_DIR = files(__package__) / "static"
 ASSETS = {"console.css": "text/css", "console.js": "text/javascript"}
@@ -43,3 +43,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(session.PREFIX + "sagas/{orderId}", saga_page.saga_page)
     app.router.add_post(session.PREFIX + "sagas/{orderId}/redrive", saga_page.redrive)
     app.router.add_post(session.PREFIX + "sagas/{orderId}/refund", saga_page.refund)
+    app.router.add_post(session.PREFIX + "sagas/{orderId}/cancel", cancel_form.cancel)

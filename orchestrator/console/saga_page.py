@@ -22,7 +22,7 @@ from orchestrator.api_auth import principal_of
 from orchestrator.api_models import IDEMPOTENCY_KEY_PATTERN, RefundRequest, SagaDetail
 from orchestrator.api_sagas import NUDGE, RUNNER, _pool, audit_actor
 from orchestrator.cancellation import saga_key
-from orchestrator.console import graph
+from orchestrator.console import cancel_form, graph
 from orchestrator.console.html import page, see_other
 from orchestrator.console.list_page import REFRESH_SECONDS, saga_link
 from orchestrator.saga_detail import detail
@@ -160,6 +160,7 @@ async def saga_page(request: web.Request, *, notice: str | None = None, status: 
             return page("Not found", f'<p class="error">No saga for order {escape(order_id)}.</p>', status=404, who=who)
         saga = detail(row, await saga_queries.history(conn, order_id))
         refund = await refund_plan(conn, row, order_id) if principal.may("operator") else None
+        cancelling = await cancel_form.related(conn, saga, operator=principal.may("operator"))
         try:
             workflow = await request.app[RUNNER].workflow_of(conn, row["workflow_name"], row["workflow_version"])
             drawing = graph.render(workflow.StartAt, workflow.States, marks_of(saga))
@@ -171,7 +172,7 @@ async def saga_page(request: web.Request, *, notice: str | None = None, status: 
         f"<h1>{escape(order_id)}</h1>{f'<p class=notice id=notice>{notice}</p>' if notice else ''}"
         f'<section id="live"{live}><div class="saga-view">'
         f'<div class="graph">{drawing}</div>'
-        f'<div class="side">{summary(saga, operator=principal.may("operator"), refund=refund)}'
+        f'<div class="side">{summary(saga, operator=principal.may("operator"), refund=refund)}{cancelling}'
         f"<h2>Steps</h2>{steps_table(saga)}"
         f"<h2>History</h2>{timeline(saga)}</div></div></section>"
     )

@@ -206,7 +206,8 @@ async def test_figures_and_critical_alert_from_a_run_with_injected_failures(
         # One States.Timeout per -slow order.
         TIMEOUT_RATE: DRIVEN["slow"] / total,
         NOTIFICATION_FAILURE_RATE: DRIVEN["notify"] / confirmed,
-        CRITICAL_FAILURES: DRIVEN["critical"],
+        # Every figure is per workflow (the cancellation's critical failures are a series of their own, at 0).
+        f'{CRITICAL_FAILURES}{{workflow="order"}}': DRIVEN["critical"],
         # Counters only this run moved: every order was started and finished within Prometheus' window.
         "sum(increase(orderflow_sagas_started_total[1h]))": total,
         "sum(increase(orderflow_sagas_finished_total[1h]))": total,
@@ -227,8 +228,11 @@ async def test_figures_and_critical_alert_from_a_run_with_injected_failures(
         ) from None
 
     # The throughput rules are there too, and every process's own metrics were scraped during the run.
-    assert (await prometheus.scalar(STARTED_RATE) or 0) > 0
-    finished_by_status = {r["metric"]["status"]: float(r["value"][1]) for r in await prometheus.query(FINISHED_RATE)}
+    assert (await prometheus.scalar(f'{STARTED_RATE}{{workflow="order"}}') or 0) > 0
+    finished_by_status = {
+        r["metric"]["status"]: float(r["value"][1])
+        for r in await prometheus.query(f'{FINISHED_RATE}{{workflow="order"}}')
+    }
     for status in set(EXPECTED_STATUS.values()):
         assert finished_by_status.get(status, 0) > 0, finished_by_status
     handled = {
