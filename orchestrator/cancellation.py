@@ -113,7 +113,8 @@ def outcome(saga: SagaState) -> tuple[str, CancellationOutcome]:
         orderId=saga.orderId,
         outcome="completed" if completed else "failed",
         status=COMPLETED if completed else FAILED,
-        amount=data.get("amount") if completed else None,
+        # What the refund gave back (all that remained of the charge), not the order's total.
+        amount=(data.get("refund") or {}).get("amount") if completed else None,
         currency=data.get("currency"),
         refundId=(data.get("refund") or {}).get("refundId"),
         error=error,

@@ -36,6 +36,8 @@ class Orders:
     #: CONFIRMED orders an operator cancels: through the API, and with orderctl.
     by_api: str
     by_cli: str
+    #: A CONFIRMED order partly refunded by customer service before it is cancelled.
+    partial: str
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ async def orders(stack: Stack) -> Orders:
     sku = f"sku-{tag}"
     await seed(stack, {sku: (10, "15.00"), f"{sku}-ops": (10, "2.00")})
     confirmed, failed = f"ORDER#{tag}-keep", f"ORDER#{tag}-declined"
-    by_api, by_cli = f"ORDER#{tag}-api", f"ORDER#{tag}-cli"
+    by_api, by_cli, partial = f"ORDER#{tag}-api", f"ORDER#{tag}-cli", f"ORDER#{tag}-partial"
     connection = await aio_pika.connect_robust(stack.settings.amqp_url)
     try:
         channel = await connection.channel()
@@ -52,9 +54,9 @@ async def orders(stack: Stack) -> Orders:
         await listener.start(channel)
         await publish_raw(channel, json.dumps(order_body(confirmed, [(sku, 2)])).encode())
         await publish_raw(channel, json.dumps(order_body(failed, [(sku, 1)], "pm_card_chargeDeclined")).encode())
-        for order_id in (by_api, by_cli):
+        for order_id in (by_api, by_cli, partial):
             await publish_raw(channel, json.dumps(order_body(order_id, [(f"{sku}-ops", 1)])).encode())
-        outcomes = await listener.wait_for([confirmed, failed, by_api, by_cli], 120)
+        outcomes = await listener.wait_for([confirmed, failed, by_api, by_cli, partial], 120)
     finally:
         await connection.close()
     assert {i: o["status"] for i, o in outcomes.items()} == {
@@ -62,9 +64,10 @@ async def orders(stack: Stack) -> Orders:
         failed: "FAILED",
         by_api: "CONFIRMED",
         by_cli: "CONFIRMED",
+        partial: "CONFIRMED",
     }
     await eventually(lambda: _committed(stack, confirmed), timeout=15, what="the reservation committed")
-    return Orders(sku, confirmed, failed, by_api, by_cli)
+    return Orders(sku, confirmed, failed, by_api, by_cli, partial)
 
 
 async def _committed(stack: Stack, order_id: str) -> bool:
@@ -154,7 +157,7 @@ async def test_a_confirmed_order_is_refunded_restocked_voided_and_notified(
     assert [(r.id, r.amount, r.status) for r in refunds] == [(answer["refundId"], 3000, "succeeded")]
     replay = await asyncio.to_thread(
         stripe_client(stack).v1.refunds.create,
-        {"payment_intent": intent_id, "amount": 3000, "metadata": {"orderId": order_id, "reason": REASON}},
+        {"payment_intent": intent_id, "metadata": {"orderId": order_id, "reason": REASON}},
         {"idempotency_key": f"{order_id}-cancel-refund"},
     )
     assert replay.id == answer["refundId"]
@@ -304,3 +307,27 @@ async def test_orderctl_cancel_waits_for_the_cancellation(stack: Stack, orders: 
     again = await asyncio.to_thread(orderctl_cancel, stack, operator, orders.by_cli, "--reason", "twice")
     assert again.returncode == 1  # 409: orderctl's exit code for a refusal
     assert "its cancellation is CANCELLED_BY_CUSTOMER" in again.stderr
+
+
+async def test_a_partly_refunded_order_is_cancelled_for_what_remains(
+    stack: Stack, channel, answers: Answers, orders: Orders
+) -> None:
+    """Customer service refunded 0.50 of the 2.00 first (POST /refund); the cancellation refunds the 1.50 left
+    instead of failing on more than the charge holds."""
+    operator = await create_api_token(stack.settings, "operator", f"cancel-partial-{uuid.uuid4().hex[:8]}")
+    body = {"amount": 0.5, "reason": "scratched"}
+    status, _, asked = await acall(
+        stack, saga_path(orders.partial, "/refund"), token=operator, method="POST", body=body
+    )
+    assert status == 202, asked
+
+    async def refunded_once() -> bool:
+        return len((await refunds_of(stack, orders.partial))[1]) == 1
+
+    await eventually(refunded_once, timeout=30, what="the manual refund at Stripe")
+    await cancel(channel, orders.partial)
+    (answer,) = await answers.of(orders.partial)
+    assert answer["_routingKey"] == "order.cancellation_completed", answer
+    assert float(answer["amount"]) == 1.5
+    _, refunds = await refunds_of(stack, orders.partial)
+    assert sorted(r.amount for r in refunds) == [50, 150]
