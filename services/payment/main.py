@@ -24,6 +24,12 @@ MIGRATIONS = service_migrations(SERVICE, Path(__file__).parent / "migrations")
 class PaymentSettings(ProcessSettings):
     database_url: str = "postgresql://orderflow_payment@127.0.0.1:5432/orderflow_payment"
     http_port: int = 8002
+    batch_max: int = Field(
+        1,
+        ge=1,
+        description="Deliveries per transaction: 1, since its handlers wait on Stripe; in one batch those waits "
+        "would come one after another instead of side by side (docs/benchmarks.md, batching).",
+    )
     stripe_api_key: SecretStr = Field(
         SecretStr("sk_test_orderflow_local"), description="From a Kubernetes Secret; never logged."
     )
