@@ -63,16 +63,9 @@ async def cancel(
         raise CancelRefused("OrderNotFound", "not an order id") from None
     key = cancellation.saga_key(order_id)
     async with conn.transaction():
-        order = await conn.fetchrow(
-            "SELECT state, status, workflow_name FROM saga WHERE order_id = $1 FOR UPDATE", order_id
-        )
-        existing = await conn.fetchval("SELECT status FROM saga WHERE order_id = $1", key)
-        refused = cancellation.refusal(order and order["status"], order and order["workflow_name"], existing)
-        if refused is not None or order is None:
-            raise CancelRefused(*(refused or ("OrderNotFound", "no order saga")))
-        document = cancellation.input_of(order["state"], request)
-        if not await runner.start_workflow(conn, cancellation.CANCELLATION_WORKFLOW, key, document, causation_id=None):
-            raise CancelRefused("CancellationAlreadyRequested", "started meanwhile")
+        refused = await cancellation.begin(runner, conn, request, causation_id=None)
+        if refused is not None:
+            raise CancelRefused(*refused)
         audit = {"action": "cancel", "by": actor, "reason": reason}
         at = await saga_queries.record_audit(conn, key, event=CANCEL_REQUESTED, state=None, detail=audit)
     return {"orderId": order_id, "cancellation": key, "status": "RUNNING", "auditedAt": at, "by": actor}

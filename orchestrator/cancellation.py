@@ -67,21 +67,32 @@ def refusal(
     return None
 
 
-async def start(runner: "Runner", conn: asyncpg.Connection, request: CancelOrder, *, causation_id: str | None) -> str:
-    """Start the cancellation of ``request.orderId``, or refuse it; returns 'started' or the refusal's reason."""
-    # The order saga's row lock serializes two CancelOrders for one order: the second sees the first's saga.
+async def begin(
+    runner: "Runner", conn: asyncpg.Connection, request: CancelOrder, *, causation_id: str | None
+) -> tuple[str, str] | None:
+    """Start the cancellation of ``request.orderId`` in the caller's transaction; the refusal (reason, detail)
+    when it may not start, with nothing written. The order saga's row lock serializes two cancellations of one
+    order: the second sees the first's saga."""
     order = await conn.fetchrow(
         "SELECT state, status, workflow_name FROM saga WHERE order_id = $1 FOR UPDATE", request.orderId
     )
     key = saga_key(request.orderId)
     existing = await conn.fetchval("SELECT status FROM saga WHERE order_id = $1", key)
     refused = refusal(order and order["status"], order and order["workflow_name"], existing)
-    if refused is None and order is not None:
-        document = input_of(order["state"], request)
-        if await runner.start_workflow(conn, CANCELLATION_WORKFLOW, key, document, causation_id=causation_id):
-            return "started"
-        refused = "CancellationAlreadyRequested", "started meanwhile"  # not under the lock above; said, not assumed
-    assert refused is not None
+    if refused is not None or order is None:
+        return refused or ("OrderNotFound", "no order saga")
+    document = input_of(order["state"], request)
+    if not await runner.start_workflow(conn, CANCELLATION_WORKFLOW, key, document, causation_id=causation_id):
+        return "CancellationAlreadyRequested", "started meanwhile"  # cannot happen under the lock; said, not assumed
+    return None
+
+
+async def start(runner: "Runner", conn: asyncpg.Connection, request: CancelOrder, *, causation_id: str | None) -> str:
+    """A client's CancelOrder: start the cancellation, or answer on order.cancellation_rejected; returns
+    'started' or the refusal's reason."""
+    refused = await begin(runner, conn, request, causation_id=causation_id)
+    if refused is None:
+        return "started"
     return await refuse(conn, request.orderId, *refused, causation_id)
 
 
