@@ -93,6 +93,13 @@ class Saga:
     #: The status of the order's cancellation saga (the cancellation workflow), if a CancelOrder started one.
     cancellation: str | None = None
 
+    @property
+    def refunded_by_hand(self) -> bool:
+        """Customer service asked for a refund of this order (a manual refund, orchestrator/api_refund.py): a
+        CONFIRMED order may then keep less than it was charged, down to nothing. It never exceeds the charge
+        all the same (refunds-within-charge)."""
+        return any(event == "ManualRefundRequested" for event, *_ in self.history)
+
     def judged(self) -> str | None:
         """The order's status as the money, stock and record rules judge it: its saga's, or
         CANCELLED_BY_CUSTOMER once its cancellation completed (refunded, restocked, voided); None while a

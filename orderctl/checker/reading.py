@@ -61,7 +61,7 @@ _SAGAS = """SELECT order_id, status, coalesce(workflow_name, 'order') AS workflo
     state #>> '{main,data,inventory,amount}' AS amount, state #>> '{main,data,inventory,currency}' AS currency
     FROM saga"""
 _HISTORY = """SELECT order_id, event, lane, state, detail FROM saga_history
-    WHERE event IN ('ExecutionSucceeded', 'ExecutionFailed', 'ExecutionRedriven')
+    WHERE event IN ('ExecutionSucceeded', 'ExecutionFailed', 'ExecutionRedriven', 'ManualRefundRequested')
        OR (event IN ('TaskScheduled', 'TaskSucceeded') AND state = ANY($1::text[]))
     ORDER BY id"""
 _PRODUCTS = """SELECT p.product_id, p.stock, p.received,

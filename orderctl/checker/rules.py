@@ -94,13 +94,14 @@ def money_iff_confirmed(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """Money taken minus refunded is positive exactly for CONFIRMED orders, by our ledger (payment
     status 'succeeded' less refunds; the provider-* rules judge the provider's side). FAILED_CRITICAL
     orders are exempt: their refund is the compensation that did not finish, waiting for a redrive. An order
-    cancelled by its customer keeps nothing; one whose cancellation runs or failed is exempt likewise."""
+    cancelled by its customer keeps nothing; one whose cancellation runs or failed is exempt likewise. A
+    CONFIRMED order customer service refunded by hand may keep nothing."""
     for order_id, saga in snap.settled():
         status = saga.judged()
         if status is None or status == FAILED_CRITICAL:
             continue
         net = snap.net(order_id)
-        if status == CONFIRMED and net <= 0:
+        if status == CONFIRMED and net <= 0 and not saga.refunded_by_hand:
             yield order_id, f"CONFIRMED but {net} kept (minor units)"
         elif status != CONFIRMED and net > 0:
             yield order_id, f"{status} but {net} kept (minor units)"
@@ -137,18 +138,20 @@ def provider_intent_open(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
 def provider_charge(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """A CONFIRMED order has exactly one succeeded, unrefunded PaymentIntent at the payment provider, of
     the saga's priced amount ($.inventory.amount in minor units) and currency. A cancelled order is not
-    CONFIRMED any more (provider-money-returned judges it)."""
+    CONFIRMED any more (provider-money-returned judges it). One customer service refunded by hand may be
+    refunded in part or in full: its one succeeded PaymentIntent is its charge."""
     for order_id, saga in snap.settled():
         if saga.judged() != CONFIRMED:
             continue
         intents = snap.intents(order_id)
-        standing = [i for i in intents if i.status == "succeeded" and i.kept > 0]
+        by_hand = saga.refunded_by_hand
+        standing = [i for i in intents if i.status == "succeeded" and (i.kept > 0 or by_hand)]
         if len(standing) != 1:
             found = "; ".join(i.describe() for i in intents) or "no PaymentIntent"
             yield order_id, f"CONFIRMED with {len(standing)} standing charges: {found}"
             continue
         intent = standing[0]
-        if intent.refunded:
+        if intent.refunded and not by_hand:
             yield order_id, f"CONFIRMED but partly refunded: {intent.describe()}"
         if saga.amount_minor is None:
             yield order_id, "CONFIRMED but the saga holds no priced amount ($.inventory.amount)"
