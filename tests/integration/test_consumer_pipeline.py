@@ -210,7 +210,8 @@ async def test_the_middlewares_run_in_the_documented_order(pool: asyncpg.Pool, b
         consumer_stack = repr(harness.consumer.stack)
     assert consumer_stack == (
         "Stack(receive=Pipeline(CountOutcomes, DeadLetter, Decode, BindLogContext, CommandQueueWait), "
-        "unit=Pipeline(Settle, HoldWhileDatabaseAway, Trace, Transaction), "
+        # No Trace: this process exports no spans (tests/e2e/test_tracing.py runs processes that do).
+        "unit=Pipeline(Settle, HoldWhileDatabaseAway, Transaction), "
         "handle=Pipeline(Deadline, Replies))"
     )
     plan = FaultPlan([FaultRule(messageType="Ping", error="E")])
