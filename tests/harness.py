@@ -76,6 +76,14 @@ STACK_FAULTS = {
         {"messageType": "ProcessPayment", "error": "NoReply", "times": 1, "correlationIdPattern": "-slow$"},
         # Four runs fail (1 + 3 retries): the saga ends FAILED_CRITICAL, and a redrive's fifth run succeeds.
         {"messageType": "RefundPayment", "error": "RefundFailed", "times": 4, "correlationIdPattern": "-critical$"},
+        # A cancellation's refund refused once (the cancellation saga's correlation id is "<orderId> cancel"): it
+        # ends CANCELLATION_FAILED, RefundFailed not being retried, and a redrive's second run succeeds.
+        {
+            "messageType": "RefundPayment",
+            "error": "RefundFailed",
+            "times": 1,
+            "correlationIdPattern": "-refused cancel$",
+        },
     ],
 }
 #: ProcessPayment's timeout in the session's workflow; the real 60 s would make the timeout tests slow.

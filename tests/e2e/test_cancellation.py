@@ -38,6 +38,8 @@ class Orders:
     by_cli: str
     #: A CONFIRMED order partly refunded by customer service before it is cancelled.
     partial: str
+    #: A CONFIRMED order whose cancellation's refund the payment service refuses once (STACK_FAULTS).
+    refused: str
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,7 @@ async def orders(stack: Stack) -> Orders:
     await seed(stack, {sku: (10, "15.00"), f"{sku}-ops": (10, "2.00")})
     confirmed, failed = f"ORDER#{tag}-keep", f"ORDER#{tag}-declined"
     by_api, by_cli, partial = f"ORDER#{tag}-api", f"ORDER#{tag}-cli", f"ORDER#{tag}-partial"
+    refused = f"ORDER#{tag}-refused"
     connection = await aio_pika.connect_robust(stack.settings.amqp_url)
     try:
         channel = await connection.channel()
@@ -54,9 +57,9 @@ async def orders(stack: Stack) -> Orders:
         await listener.start(channel)
         await publish_raw(channel, json.dumps(order_body(confirmed, [(sku, 2)])).encode())
         await publish_raw(channel, json.dumps(order_body(failed, [(sku, 1)], "pm_card_chargeDeclined")).encode())
-        for order_id in (by_api, by_cli, partial):
+        for order_id in (by_api, by_cli, partial, refused):
             await publish_raw(channel, json.dumps(order_body(order_id, [(f"{sku}-ops", 1)])).encode())
-        outcomes = await listener.wait_for([confirmed, failed, by_api, by_cli, partial], 120)
+        outcomes = await listener.wait_for([confirmed, failed, by_api, by_cli, partial, refused], 120)
     finally:
         await connection.close()
     assert {i: o["status"] for i, o in outcomes.items()} == {
@@ -65,9 +68,10 @@ async def orders(stack: Stack) -> Orders:
         by_api: "CONFIRMED",
         by_cli: "CONFIRMED",
         partial: "CONFIRMED",
+        refused: "CONFIRMED",
     }
     await eventually(lambda: _committed(stack, confirmed), timeout=15, what="the reservation committed")
-    return Orders(sku, confirmed, failed, by_api, by_cli, partial)
+    return Orders(sku, confirmed, failed, by_api, by_cli, partial, refused)
 
 
 async def _committed(stack: Stack, order_id: str) -> bool:
@@ -331,3 +335,36 @@ async def test_a_partly_refunded_order_is_cancelled_for_what_remains(
     assert float(answer["amount"]) == 1.5
     _, refunds = await refunds_of(stack, orders.partial)
     assert sorted(r.amount for r in refunds) == [50, 150]
+
+
+async def test_a_refused_refund_ends_cancellation_failed_changing_nothing_and_a_redrive_completes_it(
+    stack: Stack, channel, answers: Answers, orders: Orders
+) -> None:
+    order_id = orders.refused
+    stock = await stock_of(stack, f"{orders.sku}-ops")
+    await cancel(channel, order_id)
+    (failed,) = await answers.of(order_id)
+    assert failed["_routingKey"] == "order.cancellation_failed", failed
+    assert failed["status"] == "CANCELLATION_FAILED" and failed["error"]["Error"] == "RefundFailed"
+    # The refund came first: nothing else moved, and the order saga is untouched.
+    assert await reservations(stack, order_id) == ["committed"] and await stock_of(stack, f"{orders.sku}-ops") == stock
+    (record,) = await fetch(stack, "orders", "SELECT status FROM order_record WHERE order_id = $1", order_id)
+    assert record["status"] == "CONFIRMED" and (await refunds_of(stack, order_id))[1] == []
+    assert (
+        metric_value(
+            stack.port("orchestrator"),
+            "orderflow_sagas_finished_total",
+            workflow="cancellation",
+            status="CANCELLATION_FAILED",
+        )
+        >= 1
+    )
+
+    operator = await create_api_token(stack.settings, "operator", f"cancel-redrive-{uuid.uuid4().hex[:8]}")
+    path = saga_path(saga_key(order_id), "/redrive")
+    status, _, redriven = await acall(stack, path, token=operator, method="POST", body={"reason": "PSP fixed"})
+    assert status == 200 and redriven["restarted"] == ["RefundCancelledOrder"], redriven
+    (_, completed) = await answers.of(order_id, 2)
+    assert completed["_routingKey"] == "order.cancellation_completed", completed
+    assert await reservations(stack, order_id) == ["restocked"]
+    assert len((await refunds_of(stack, order_id))[1]) == 1

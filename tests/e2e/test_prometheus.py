@@ -198,19 +198,19 @@ async def test_figures_and_critical_alert_from_a_run_with_injected_failures(
 
     total = sum(DRIVEN.values())
     confirmed = DRIVEN["happy"] + DRIVEN["notify"] + DRIVEN["slow"]
+    order = '{workflow="order"}'  # every figure is per workflow; this run's orders are the order workflow's
     expected = {
         # RefundPayment ran once per -record order (succeeded) and once per -critical order (failed after retries).
-        COMPENSATION_RATE: (DRIVEN["record"] + DRIVEN["critical"]) / total,
+        COMPENSATION_RATE + order: (DRIVEN["record"] + DRIVEN["critical"]) / total,
         # Retried: -slow (ProcessPayment timed out once) and -critical (RefundPayment retried three times).
-        RETRY_RATE: (DRIVEN["slow"] + DRIVEN["critical"]) / total,
+        RETRY_RATE + order: (DRIVEN["slow"] + DRIVEN["critical"]) / total,
         # One States.Timeout per -slow order.
-        TIMEOUT_RATE: DRIVEN["slow"] / total,
-        NOTIFICATION_FAILURE_RATE: DRIVEN["notify"] / confirmed,
-        # Every figure is per workflow (the cancellation's critical failures are a series of their own, at 0).
-        f'{CRITICAL_FAILURES}{{workflow="order"}}': DRIVEN["critical"],
+        TIMEOUT_RATE + order: DRIVEN["slow"] / total,
+        NOTIFICATION_FAILURE_RATE + order: DRIVEN["notify"] / confirmed,
+        CRITICAL_FAILURES + order: DRIVEN["critical"],
         # Counters only this run moved: every order was started and finished within Prometheus' window.
-        "sum(increase(orderflow_sagas_started_total[1h]))": total,
-        "sum(increase(orderflow_sagas_finished_total[1h]))": total,
+        f"sum(increase(orderflow_sagas_started_total{order}[1h]))": total,
+        f"sum(increase(orderflow_sagas_finished_total{order}[1h]))": total,
     }
     last: dict[str, float | None] = {}
 
@@ -228,7 +228,7 @@ async def test_figures_and_critical_alert_from_a_run_with_injected_failures(
         ) from None
 
     # The throughput rules are there too, and every process's own metrics were scraped during the run.
-    assert (await prometheus.scalar(f'{STARTED_RATE}{{workflow="order"}}') or 0) > 0
+    assert (await prometheus.scalar(STARTED_RATE + order) or 0) > 0
     finished_by_status = {
         r["metric"]["status"]: float(r["value"][1])
         for r in await prometheus.query(f'{FINISHED_RATE}{{workflow="order"}}')
