@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from contracts.orders import OrderRequested
-from orchestrator import definition
+from orchestrator import cancellation, definition
+from orchestrator.api_models import REDRIVABLE
 from orchestrator.definition import Workflow
 from orchestrator.runner import Runner
 from orchestrator.state import Redriven
@@ -226,15 +227,19 @@ async def cmd_redrive(settings: CtlSettings, args: argparse.Namespace) -> int:
         restarted = ", ".join(done["restarted"]) or "-"
         print(f"{args.order_id} redriven from {restarted}; follow it with: orderctl status '{args.order_id}'")
         return 0
-    runner = Runner(read_workflow(args.workflow_file))
+    # A cancellation saga (CANCELLATION_FAILED) runs on the cancellation workflow, stored under its own name.
+    others = {cancellation.CANCELLATION_WORKFLOW: definition.load(cancellation.DEFINITION_FILE)}
+    runner = Runner(read_workflow(args.workflow_file), others=others)
     conn = await reach.database(settings, "orchestrator")
     try:
         async with conn.transaction():
             status = await conn.fetchval("SELECT status FROM saga WHERE order_id = $1 FOR UPDATE", args.order_id)
             if status is None:
                 raise NotFound(f"no saga for {args.order_id}")
-            if status != "FAILED_CRITICAL":
-                raise UsageError(f"{args.order_id} is {status}; only FAILED_CRITICAL sagas are redriven")
+            if status not in REDRIVABLE:
+                raise UsageError(
+                    f"{args.order_id} is {status}; only {', '.join(sorted(REDRIVABLE))} sagas are redriven"
+                )
             decision = await runner.apply(conn, args.order_id, Redriven(), causation_id=None)
             await outbox.announce(conn)  # the orchestrator's relay publishes the commands this wrote
     finally:
