@@ -104,6 +104,8 @@ class QueueTarget:
             },
             "NotifyCustomer": lambda: {"orderId": order_id, "customer": CUSTOMER, "lines": [_priced(sku)], **money},
             "OrderOutcome": lambda: {"orderId": order_id, "status": "CONFIRMED", "lines": [_priced(sku)], **money},
+            # No amount: "amount -1" is then an unknown field, a schema error naming it all the same.
+            "CancelOrder": lambda: {"orderId": order_id, "reason": "poison test"},
         }[self.message_type]()
 
 
@@ -112,6 +114,7 @@ TARGETS: dict[str, QueueTarget] = {
     for t in [
         QueueTarget("orchestrator.order-requests", "orders", "order.requested", "OrderRequested", "items", True),
         QueueTarget("orchestrator.replies", "orderflow.replies", "orchestrator", "InventoryChecked", None, True),
+        QueueTarget("orchestrator.cancel-requests", "orders", "order.cancel.requested", "CancelOrder", None, False),
         QueueTarget(
             "inventory.commands", "orderflow.commands", "inventory.CheckInventory", "CheckInventory", "items", True
         ),
