@@ -15,15 +15,20 @@ from collections.abc import Sequence
 
 from aio_pika.abc import AbstractIncomingMessage
 
+#: Deliveries done above a frontier that does not move (a delivery that never came through the pipeline) after
+#: which a channel is no longer followed: its batches are then acknowledged one delivery at a time.
+MAX_DONE_AHEAD = 4096
+
 
 class _Channel:
     """One channel's deliveries that ended their way through the pipeline, above the frontier."""
 
-    __slots__ = ("done", "frontier")
+    __slots__ = ("done", "frontier", "stalled")
 
     def __init__(self) -> None:
         self.frontier = 1  # the first delivery tag of a channel
         self.done: set[int] = set()
+        self.stalled = False
 
 
 _channels: "weakref.WeakKeyDictionary[object, _Channel]" = weakref.WeakKeyDictionary()
@@ -41,10 +46,15 @@ def finished(message: AbstractIncomingMessage) -> None:
     if message.delivery_tag is None:
         return
     channel = _followed(message)
+    if channel.stalled:
+        return
     channel.done.add(message.delivery_tag)
     while channel.frontier in channel.done:
         channel.done.discard(channel.frontier)
         channel.frontier += 1
+    if len(channel.done) > MAX_DONE_AHEAD:
+        channel.stalled = True
+        channel.done.clear()
 
 
 async def ack_all(messages: Sequence[AbstractIncomingMessage]) -> None:
@@ -57,7 +67,7 @@ async def ack_all(messages: Sequence[AbstractIncomingMessage]) -> None:
         channel = _followed(top)
         assert top.delivery_tag is not None
         below = range(channel.frontier, top.delivery_tag + 1)
-        if all(tag in tags or tag in channel.done for tag in below):
+        if not channel.stalled and all(tag in tags or tag in channel.done for tag in below):
             await top.ack(multiple=True)
             return
     for message in messages:

@@ -141,3 +141,13 @@ async def test_a_batch_is_acknowledged_with_one_frame_only_when_nothing_below_it
     sent.clear()
     await acks.ack_all([messages[6], messages[5], messages[7]])
     assert sent == [(7, True)]
+
+
+async def test_a_channel_whose_frontier_never_moves_is_no_longer_followed() -> None:
+    channel, sent = Channel(), []
+    never = 1  # tag 1 never comes through the pipeline
+    for tag in range(never + 1, never + acks.MAX_DONE_AHEAD + 3):
+        acks.finished(Message(tag, channel, sent))
+    first, second = Message(10_000, channel, sent), Message(10_001, channel, sent)
+    await acks.ack_all([first, second])
+    assert sent == [(10_000, False), (10_001, False)]
