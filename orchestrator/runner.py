@@ -254,15 +254,18 @@ SELECT {written} AS written,
 
 
 # A concurrent start of the same order makes ON CONFLICT DO NOTHING wait for it to end: exactly one start
-# writes the saga; the others then read the row it committed.
+# writes the saga; the others then read the row it committed. The times are clock_timestamp(), not now(): a
+# batch starts several sagas in one transaction, and the listing orders and filters by when each began.
 _INSERT_SAGA = _transition_sql(
-    """INSERT INTO saga (order_id, status, current_state, state, request_hash, workflow_name, workflow_version)
-       VALUES ($1::text, $2::text, $3::text, $4::jsonb, $28::text, $29::text, $30::text)
+    """INSERT INTO saga (order_id, status, current_state, state, request_hash, workflow_name, workflow_version,
+                         created_at, updated_at)
+       VALUES ($1::text, $2::text, $3::text, $4::jsonb, $28::text, $29::text, $30::text,
+               clock_timestamp(), clock_timestamp())
        ON CONFLICT (order_id) DO NOTHING RETURNING 1"""
 )
 _UPDATE_SAGA = _transition_sql(
     """UPDATE saga SET status = $2::text, current_state = $3::text, state = $4::jsonb,
-           version = version + 1, updated_at = now()
+           version = version + 1, updated_at = clock_timestamp()
        WHERE order_id = $1::text RETURNING 1"""
 )
 
