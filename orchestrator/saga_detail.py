@@ -13,7 +13,7 @@ import asyncpg
 
 from orchestrator.api_models import REDRIVABLE, Attempt, HistoryEvent, SagaDetail, Step
 
-_ENDS = {
+RUN_ENDS = {
     "TaskSucceeded": "succeeded",
     "TaskFailed": "failed",
     "TaskTimedOut": "timed_out",
@@ -21,7 +21,7 @@ _ENDS = {
     "ReconcileFailed": "failed",
     "ReconcileTimedOut": "timed_out",
 }
-_STARTS = ("TaskScheduled", "ReconcileScheduled")
+RUN_STARTS = ("TaskScheduled", "ReconcileScheduled")
 
 
 def _seconds(start: datetime, end: datetime | None) -> float | None:
@@ -34,7 +34,7 @@ def attempts_of(history: list[asyncpg.Record]) -> list[tuple[str, str, Attempt]]
     order: list[tuple[str, str, str]] = []
     for h in history:
         command_id, event = h["command_id"], h["event"]
-        if event in _STARTS and command_id:
+        if event in RUN_STARTS and command_id:
             runs[command_id] = {
                 "attempt": h["attempt"],
                 "commandId": command_id,
@@ -48,9 +48,9 @@ def attempts_of(history: list[asyncpg.Record]) -> list[tuple[str, str, Attempt]]
             order.append((h["state"], h["lane"], command_id))
         elif event == "CommandReissued" and command_id and (h["detail"] or {}).get("expired") in runs:
             runs[command_id] = runs[h["detail"]["expired"]]
-        elif command_id in runs and event in _ENDS:
+        elif command_id in runs and event in RUN_ENDS:
             run = runs[command_id]
-            run.update(endedAt=h["at"], outcome=_ENDS[event], error=h["error"], cause=h["cause"])
+            run.update(endedAt=h["at"], outcome=RUN_ENDS[event], error=h["error"], cause=h["cause"])
     found = []
     for state, lane, command_id in order:
         run = runs[command_id]

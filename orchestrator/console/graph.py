@@ -5,6 +5,10 @@ and its Next chain) goes top to bottom in the first column; every other state ge
 state that leads to it (Catch, Choice or Next) and the next free column to the right. Parallel and Map states
 are boxes holding their branches' own layouts side by side, so nested groups nest. Edges are straight lines;
 a Catch edge is dashed. Pure: a definition and the saga's marks in, markup out.
+
+Marks are keyed by a state's path, as ``Workflow.state`` reads it: ``Name`` at the top, ``Group/<branch>/Name``
+inside a Parallel's branch or a Map's processor (branch 0). A name alone is not enough: the stored engine form
+may hold one step's name in two groups (the sidecar's ``Step`` maps RefundUnknownPayment back to RefundPayment).
 """
 
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ class Mark:
 class Node:
     name: str
     kind: str
+    key: str = ""  # the state's path (see the module's docstring)
     row: int = 0
     col: int = 0
     x: float = 0
@@ -77,8 +82,9 @@ def _inner_scopes(state: Any) -> list[tuple[str, dict[str, Any]]]:
     return []
 
 
-def layout(start_at: str, states: dict[str, Any]) -> Scope:
-    """Rows, columns and coordinates of one scope's states (recursively for Parallel and Map)."""
+def layout(start_at: str, states: dict[str, Any], prefix: str = "") -> Scope:
+    """Rows, columns and coordinates of one scope's states (recursively for Parallel and Map); ``prefix`` is
+    the path of the scope (empty at the top, ``Group/<branch>/`` inside a group)."""
     main: list[str] = []
     name: str | None = start_at
     while name in states and name not in main:
@@ -104,8 +110,8 @@ def layout(start_at: str, states: dict[str, Any]) -> Scope:
         row = rank[n]
         col = 0 if n in main else max(used.get(row, 0), 1)
         used[row] = col + 1
-        node = Node(n, states[n].Type, row, col)
-        node.branches = [layout(s, inner) for s, inner in _inner_scopes(states[n])]
+        node = Node(n, states[n].Type, key=prefix + n, row=row, col=col)
+        node.branches = [layout(s, inner, f"{prefix}{n}/{i}/") for i, (s, inner) in enumerate(_inner_scopes(states[n]))]
         if node.branches:
             node.w = max(NODE_W, sum(b.w for b in node.branches) + GAP_X * (len(node.branches) - 1) + 2 * PAD)
             node.h = HEADER + max(b.h for b in node.branches) + 2 * PAD
@@ -141,13 +147,13 @@ def _edge_svg(scope: Scope, edge: Edge, marks: dict[str, Mark]) -> str:
         left = b.x > a.x
         x1, y1 = (a.x + a.w if left else a.x), a.y + a.h / 2
         x2, y2 = (b.x if left else b.x + b.w), b.y + b.h / 2
-    taken = marks.get(edge.source, Mark()).visited and marks.get(edge.target, Mark()).visited
+    taken = marks.get(a.key, Mark()).visited and marks.get(b.key, Mark()).visited
     css = f"edge {edge.kind}" + (" taken" if taken else "")
     return f'<line class="{css}" x1="{x1:.0f}" y1="{y1:.0f}" x2="{x2:.0f}" y2="{y2:.0f}" marker-end="url(#arrow)"/>'
 
 
 def _node_svg(node: Node, marks: dict[str, Mark]) -> str:
-    mark = marks.get(node.name, Mark())
+    mark = marks.get(node.key, Mark())
     classes = ["node", node.kind.lower()]
     if mark.visited:
         classes.append("visited")
@@ -157,7 +163,8 @@ def _node_svg(node: Node, marks: dict[str, Mark]) -> str:
     label = escape(node.name)
     runs = f" ({mark.runs} runs)" if mark.runs > 1 else ""
     parts = [
-        f'<g class="{" ".join(classes)}" data-state="{label}" data-status="{status}" data-runs="{mark.runs}">',
+        f'<g class="{" ".join(classes)}" data-state="{label}" data-path="{escape(node.key)}" '
+        f'data-status="{status}" data-runs="{mark.runs}">',
         f"<title>{label}: {escape(node.kind)}, {escape(status)}{runs}</title>",
         f'<rect x="{node.x:.0f}" y="{node.y:.0f}" width="{node.w:.0f}" height="{node.h:.0f}" rx="6"/>',
     ]
@@ -186,7 +193,7 @@ def _scope_svg(scope: Scope, marks: dict[str, Mark]) -> str:
 
 
 def render(start_at: str, states: dict[str, Any], marks: dict[str, Mark]) -> str:
-    """The definition as one ``<svg>`` element; ``marks`` by state name (ASL's names are unique in a machine)."""
+    """The definition as one ``<svg>`` element; ``marks`` by state path (the module's docstring)."""
     scope = layout(start_at, states)
     w, h = scope.w + 2 * PAD, scope.h + 2 * PAD
     return (

@@ -19,17 +19,21 @@ from pydantic import ValidationError
 
 from orchestrator import api_actions, api_refund, manual_actions, refund_policy, saga_queries
 from orchestrator.api_auth import principal_of
-from orchestrator.api_models import IDEMPOTENCY_KEY_PATTERN, RefundRequest, SagaDetail
+from orchestrator.api_models import IDEMPOTENCY_KEY_PATTERN, HistoryEvent, RefundRequest, SagaDetail
 from orchestrator.api_sagas import NUDGE, RUNNER, _pool, audit_actor
 from orchestrator.cancellation import saga_key
 from orchestrator.console import cancel_form, graph
 from orchestrator.console.html import page, see_other
 from orchestrator.console.list_page import REFRESH_SECONDS, saga_link
-from orchestrator.saga_detail import detail
+from orchestrator.saga_detail import RUN_ENDS, RUN_STARTS, detail
 from plumbing.envelope import new_id
 
 #: History events that mark their state as where the saga failed (a Task's own failure is its last attempt's).
 FAILING_EVENTS = frozenset({"ChoiceStateFailed", "StateDataFailed", "ParallelStateTimedOut"})
+MAIN_LANE = "main"
+#: History events that open a group of lanes on the lane they are noted on.
+GROUP_ENTERED = {"ParallelStateEntered": "Parallel", "MapStateEntered": "Map"}
+
 NOTICES = {
     "redriven": "Redrive requested: the saga goes on from the step that failed.",
     "refused": "Not redriven: see why below.",
@@ -38,23 +42,48 @@ NOTICES = {
 }
 
 
-def marks_of(saga: SagaDetail) -> dict[str, graph.Mark]:
-    """Per state: visited, its last run's outcome, its runs (attempts of every step of that state), failed."""
-    visited = {h.state for h in saga.history if h.state}
+def marks_of(history: list[HistoryEvent]) -> dict[str, graph.Mark]:
+    """Per state, by its path (graph's keys): visited, its last run's outcome, its runs (attempts), failed.
+
+    A lane's path prefix comes from the history itself: the group (Parallel or Map) its owner lane entered
+    last, and the lane's index in it (branch:<i> under the main flow, <owner>.<i> below)."""
+    groups: dict[str, tuple[str, str]] = {}  # owner lane -> (group state, "Parallel" or "Map")
+    prefixes: dict[str, str] = {MAIN_LANE: ""}
+
+    def prefix_of(lane: str) -> str:
+        if lane not in prefixes:
+            owner, _, index = lane.rpartition(".") if "." in lane else (MAIN_LANE, "", lane.split(":", 1)[-1])
+            group, kind = groups.get(owner, ("?", "Parallel"))
+            prefixes[lane] = f"{prefix_of(owner)}{group}/{0 if kind == 'Map' else index}/"
+        return prefixes[lane]
+
+    visited: set[str] = set()
     runs: dict[str, int] = {}
     outcome: dict[str, str] = {}
-    for step in saga.steps:
-        runs[step.step] = runs.get(step.step, 0) + len(step.attempts)
-        outcome[step.step] = step.outcome
-    failing = {h.state for h in saga.history if h.event in FAILING_EVENTS and h.state}
+    failing: set[str] = set()
+    for h in history:
+        if h.event in GROUP_ENTERED and h.state:
+            groups[h.lane] = (h.state, GROUP_ENTERED[h.event])
+            prefixes = {MAIN_LANE: ""}  # lane keys are reused by the next group: work them out anew
+        if not h.state:
+            continue
+        path = prefix_of(h.lane) + h.state
+        visited.add(path)
+        if h.event in RUN_STARTS:
+            runs[path] = runs.get(path, 0) + 1
+            outcome[path] = "running"
+        elif h.event in RUN_ENDS:
+            outcome[path] = RUN_ENDS[h.event]
+        if h.event in FAILING_EVENTS:
+            failing.add(path)
     return {
-        name: graph.Mark(
+        path: graph.Mark(
             visited=True,
-            outcome=outcome.get(name),
-            runs=runs.get(name, 0),
-            failed=outcome.get(name) in ("failed", "timed_out") or name in failing,
+            outcome=outcome.get(path),
+            runs=runs.get(path, 0),
+            failed=outcome.get(path) in ("failed", "timed_out") or path in failing,
         )
-        for name in visited
+        for path in visited
     }
 
 
@@ -163,7 +192,7 @@ async def saga_page(request: web.Request, *, notice: str | None = None, status: 
         cancelling = await cancel_form.related(conn, saga, operator=principal.may("operator"))
         try:
             workflow = await request.app[RUNNER].workflow_of(conn, row["workflow_name"], row["workflow_version"])
-            drawing = graph.render(workflow.StartAt, workflow.States, marks_of(saga))
+            drawing = graph.render(workflow.StartAt, workflow.States, marks_of(saga.history))
         except LookupError as exc:  # a version no longer stored: the rest of the page still helps
             drawing = f'<p class="error">No graph: {escape(str(exc))}</p>'
     notice = escape(notice) if notice is not None else NOTICES.get(request.query.get("notice", ""), "")

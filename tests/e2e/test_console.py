@@ -29,6 +29,8 @@ pytestmark = pytest.mark.e2e
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 #: Deadline of each wait on the page (the redriven saga's wait is longer: it runs a compensation).
 WAIT = 20
+#: The refund step that fails for the critical saga: the first branch of the order record's compensation.
+REFUND_PATH = "RefundPaymentAndRelease/0/RefundPayment"
 SHOTS = os.environ.get("ORDERFLOW_CONSOLE_SCREENSHOTS")
 
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
@@ -177,8 +179,8 @@ async def test_the_list_filters_by_status_in_a_link_to_share(
 async def test_the_graph_marks_the_failed_step_of_a_compensated_saga(
     stack: Stack, sagas: Sagas, browser: webdriver.Chrome
 ) -> None:
-    def node(state: str) -> Any:
-        return browser.find_element(By.CSS_SELECTOR, f'svg.workflow g.node[data-state="{state}"]')
+    def node(path: str) -> Any:
+        return browser.find_element(By.CSS_SELECTOR, f'svg.workflow g.node[data-path="{path}"]')
 
     def drive() -> None:
         log_in(browser, stack, sagas.viewer)
@@ -187,11 +189,15 @@ async def test_the_graph_marks_the_failed_step_of_a_compensated_saga(
         failed = node("CreateOrderRecord")
         assert "failed" in failed.get_attribute("class").split() and failed.get_attribute("data-status") == "failed"
         # The rest of the path it took, the compensation branches side by side, and what it never reached.
-        for state in ("CheckInventory", "ReserveInventory", "ProcessPayment", "RefundPayment", "ReleaseInventory"):
+        refund, release = "RefundPaymentAndRelease/0/RefundPayment", "RefundPaymentAndRelease/1/ReleaseInventory"
+        for state in ("CheckInventory", "ReserveInventory", "ProcessPayment", refund, release):
             assert "visited" in node(state).get_attribute("class").split(), state
             assert "failed" not in node(state).get_attribute("class").split(), state
-        refund, release = node("RefundPayment").rect, node("ReleaseInventory").rect
-        assert refund["y"] == release["y"] and refund["x"] != release["x"], "branches side by side"
+        assert node(refund).rect["y"] == node(release).rect["y"], "branches side by side"
+        assert node(refund).rect["x"] != node(release).rect["x"], "branches side by side"
+        # The other compensation Parallel holds steps of the same names; this saga never ran it.
+        for other in ("PaymentOutcomeUnknown/0/RefundPayment", "PaymentOutcomeUnknown/1/ReleaseInventory"):
+            assert "visited" not in node(other).get_attribute("class").split(), other
         assert "visited" not in node("CommitReservation").get_attribute("class").split()
         red = browser.execute_script("return getComputedStyle(arguments[0].querySelector('rect')).stroke", failed)
         assert red == "rgb(179, 38, 30)"
@@ -267,7 +273,7 @@ async def test_an_operator_redrives_through_the_button_and_the_saga_finishes(
     def drive() -> None:
         log_in(browser, stack, sagas.operator, "/console/sagas/" + urllib.parse.quote(sagas.critical, safe=""))
         assert browser.find_element(By.ID, "saga-status").text == "FAILED_CRITICAL"
-        refund = browser.find_element(By.CSS_SELECTOR, 'g.node[data-state="RefundPayment"]')
+        refund = browser.find_element(By.CSS_SELECTOR, f'g.node[data-path="{REFUND_PATH}"]')
         assert refund.get_attribute("data-runs") == "4" and "failed" in refund.get_attribute("class").split()
         browser.find_element(By.ID, "redrive-reason").send_keys("refunds work again")
         shot(browser, "redrive")
@@ -284,7 +290,7 @@ async def test_an_operator_redrives_through_the_button_and_the_saga_finishes(
             "the redriven saga to finish",
             timeout=90,
         )
-        refund = browser.find_element(By.CSS_SELECTOR, 'g.node[data-state="RefundPayment"]')
+        refund = browser.find_element(By.CSS_SELECTOR, f'g.node[data-path="{REFUND_PATH}"]')
         assert refund.get_attribute("data-runs") == "5" and "failed" not in refund.get_attribute("class").split()
         assert "RedriveRequested" in [
             li.get_attribute("data-event") for li in browser.find_elements(By.CSS_SELECTOR, "#timeline li")
