@@ -27,6 +27,7 @@ import asyncpg
 from orchestrator import metrics, saga_clock
 from orchestrator.runner import TIMER_CHANNEL, Runner, lock_saga
 from orchestrator.state import TimerFired
+from plumbing.backoff import TIMER_LOOP_RESTART
 from plumbing.errors import DB_CONNECTION, classify_transient
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class TimerLoop:
                 raise
             except Exception:
                 log.warning("timer loop interrupted; restarting", exc_info=True)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(TIMER_LOOP_RESTART.delay(1))
             finally:
                 if listener is not None:
                     with contextlib.suppress(Exception):

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from orderctl.config import SERVICES, CtlSettings
+from plumbing.backoff import PROCESS_RESTART
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Supervisor:
             child.restarts += 1
             # Back off on a crash loop; a process that ran a while restarts at once.
             failures = failures + 1 if time.monotonic() - started < 10 else 0
-            delay = min(0.25 * 2**failures, 10.0)
+            delay = PROCESS_RESTART.delay(failures + 1)
             print(f"{child.name} exited with {code}; restarting in {delay:.1f}s", file=sys.stderr)
             await asyncio.sleep(delay)
             await self._spawn(child)

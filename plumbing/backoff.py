@@ -58,3 +58,11 @@ DATABASE_AWAY = Backoff(base=0.2, cap=5.0)
 #: The outbox relay's sweep and tidy loops after an interruption (plumbing/relay.py): a steady second, since
 #: a sweep also runs on the safety wake and a nudge.
 RELAY_RESTART = Backoff(base=1.0, cap=1.0)
+#: An outbox row the broker refused, before its next publish (plumbing/parking.py): it waits in the table,
+#: so the wait can grow to a minute without holding anything.
+OUTBOX_ROW_RETRY = Backoff(base=2.0, cap=60.0)
+#: The orchestrator's timer loop after an interruption (its listener connection lost): a steady second.
+TIMER_LOOP_RESTART = Backoff(base=1.0, cap=1.0)
+#: A process that `orderctl up` (or a test stack) runs, restarted after a crash that came soon after its
+#: start; one that ran ten seconds or more restarts after the first wait.
+PROCESS_RESTART = Backoff(base=0.25, cap=10.0)

@@ -17,6 +17,8 @@ from typing import Literal
 import aiormq
 import asyncpg
 
+from plumbing.backoff import OUTBOX_ROW_RETRY
+
 #: outage: the broker is away, the row is not to blame (retried, not counted). unpublishable: the message
 #: cannot be built or encoded. refused: the broker closed the channel over it. failed: anything else, counted.
 Verdict = Literal["outage", "unpublishable", "refused", "failed"]
@@ -40,10 +42,8 @@ _COUNTED_ERRORS = (
     aiormq.exceptions.ChannelNotFoundEntity,
     aiormq.exceptions.ChannelLockedResource,
 )
-#: How long a row whose publish failed waits before the next try: doubling from 2 s, at most a minute, so the
-#: default five tries span about half a minute before the row is parked.
-_RETRY_BASE_SECONDS = 2.0
-_RETRY_MAX_SECONDS = 60.0
+# How long a row whose publish failed waits before the next try is backoff.OUTBOX_ROW_RETRY: doubling from 2 s,
+# at most a minute, so the default five tries span about half a minute before the row is parked.
 
 
 class Unreadable(ValueError):
@@ -65,7 +65,7 @@ def classify(exc: BaseException) -> Verdict:
 
 def retry_delay(attempts: int) -> float:
     """Seconds before the next publish of a row that has failed ``attempts`` times."""
-    return min(_RETRY_BASE_SECONDS * 2 ** (attempts - 1), _RETRY_MAX_SECONDS)
+    return OUTBOX_ROW_RETRY.delay(attempts)
 
 
 def describe(exc: BaseException) -> str:

@@ -53,3 +53,8 @@ def test_the_loops_wait_what_they_waited_before_the_function() -> None:
         assert [policy.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
     assert [policies.DATABASE_AWAY.delay(n) for n in range(1, 7)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0]
     assert [policies.RELAY_RESTART.delay(n) for n in range(1, 4)] == [1.0, 1.0, 1.0]
+    # And those moved onto it later: an outbox row's next publish 2 s doubling to a minute, a crashing child of
+    # orderctl up 0.25 s doubling to 10 s, the timer loop after an interruption a steady second.
+    assert [policies.OUTBOX_ROW_RETRY.delay(n) for n in range(1, 8)] == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert [policies.PROCESS_RESTART.delay(n) for n in range(1, 8)] == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+    assert [policies.TIMER_LOOP_RESTART.delay(n) for n in range(1, 4)] == [1.0, 1.0, 1.0]
