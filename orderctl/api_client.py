@@ -5,9 +5,11 @@ request or a refused token USAGE (2, naming ORDERFLOW_API_TOKEN), an API that ca
 UNREACHABLE (3, naming ORDERFLOW_API_URL).
 """
 
+import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -18,12 +20,39 @@ from orderctl.errors import CtlError, NotFound, Unreachable, UsageError, is_conn
 
 URL_VARIABLE, TOKEN_VARIABLE = "ORDERFLOW_API_URL", "ORDERFLOW_API_TOKEN"
 TIMEOUT_SECONDS = 30
+#: How often a command that waits for a saga (refund, cancel) reads it again.
+POLL_SECONDS = 0.5
 
 
 def api_url(settings: CtlSettings, flag: str | None) -> str | None:
     """The API's base URL: ``--api-url``, else ORDERFLOW_API_URL; None: direct mode."""
     url = flag or settings.api_url
     return url.rstrip("/") if url else None
+
+
+def required_api_url(settings: CtlSettings, flag: str | None, command: str) -> str:
+    """The API's base URL for a command that has no direct mode (refund, cancel)."""
+    url = api_url(settings, flag)
+    if url is None:
+        raise UsageError(
+            f"{command} goes through the orchestrator's API: set {URL_VARIABLE} or --api-url (and {TOKEN_VARIABLE})"
+        )
+    return url
+
+
+async def follow(
+    api: "ApiClient", saga_id: str, wait: float, done: Callable[[dict[str, Any]], bool]
+) -> tuple[dict[str, Any], bool]:
+    """Read the saga every POLL_SECONDS until ``done(saga)`` or ``wait`` seconds passed: the last read, and
+    whether it was done."""
+    deadline = time.monotonic() + wait
+    while True:
+        saga = await api.get(saga_path(saga_id))
+        if done(saga):
+            return saga, True
+        if time.monotonic() >= deadline:
+            return saga, False
+        await asyncio.sleep(POLL_SECONDS)
 
 
 def saga_path(order_id: str, suffix: str = "") -> str:

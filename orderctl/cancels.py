@@ -6,16 +6,12 @@ follows the cancellation saga until it ends and says how.
 """
 
 import argparse
-import asyncio
-import time
 from typing import Any
 
 from orderctl import api_client, output
+from orderctl.argtypes import seconds
 from orderctl.config import CtlSettings
-from orderctl.errors import CtlError, UsageError
-from orderctl.refunds import wait_seconds
-
-POLL_SECONDS = 0.5
+from orderctl.errors import CtlError
 
 
 def register(sub: argparse._SubParsersAction, command: Any, json_flag: Any) -> None:
@@ -25,7 +21,7 @@ def register(sub: argparse._SubParsersAction, command: Any, json_flag: Any) -> N
     c.add_argument("--reason", required=True, help="why (the customer's words), for the refund and the audit entry")
     c.add_argument(
         "--wait",
-        type=wait_seconds,
+        type=seconds,
         default=60.0,
         metavar="SECONDS",
         help="wait this long for the cancellation to end (default: 60; 0: do not wait)",
@@ -39,26 +35,13 @@ def register(sub: argparse._SubParsersAction, command: Any, json_flag: Any) -> N
     c.set_defaults(run=cmd_cancel)
 
 
-async def _ended(api: api_client.ApiClient, saga_id: str, wait: float) -> dict[str, Any]:
-    """The cancellation saga once it left RUNNING, or as it stands when ``wait`` passed."""
-    deadline = time.monotonic() + wait
-    while True:
-        saga = await api.get(api_client.saga_path(saga_id))
-        if saga["status"] != "RUNNING" or time.monotonic() >= deadline:
-            return saga
-        await asyncio.sleep(POLL_SECONDS)
-
-
 async def cmd_cancel(settings: CtlSettings, args: argparse.Namespace) -> int:
-    url = api_client.api_url(settings, args.api_url)
-    if url is None:
-        raise UsageError(
-            f"cancel goes through the orchestrator's API: set {api_client.URL_VARIABLE} or --api-url "
-            f"(and {api_client.TOKEN_VARIABLE})"
-        )
+    url = api_client.required_api_url(settings, args.api_url, "cancel")
     async with api_client.connect(settings, url) as api:
         asked = await api.post(api_client.saga_path(args.order_id, "/cancel"), {"reason": args.reason})
-        saga = await _ended(api, asked["cancellation"], args.wait) if args.wait > 0 else None
+        saga = None
+        if args.wait > 0:  # until it leaves RUNNING, or as it stands when the wait is over
+            saga, _ = await api_client.follow(api, asked["cancellation"], args.wait, lambda s: s["status"] != "RUNNING")
     status = saga["status"] if saga else asked["status"]
     if args.json:
         output.as_json({**asked, "status": status, "saga": saga})

@@ -19,6 +19,7 @@ import shtab
 
 from orchestrator import definition
 from orderctl import commands
+from orderctl.argtypes import count, seconds
 from orderctl.broker_users import register as register_broker_users
 from orderctl.cancels import register as register_cancel
 from orderctl.config import SERVICES, CtlSettings
@@ -46,26 +47,6 @@ def price(value: str) -> Decimal:
     if not amount.is_finite() or amount < 0:
         raise argparse.ArgumentTypeError(f"invalid price {value!r}: an amount such as 9.50")
     return amount
-
-
-def count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"invalid number {value!r}: a whole number, 0 or more")
-    return number
-
-
-def seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not 0 <= number < float("inf"):
-        raise argparse.ArgumentTypeError(f"invalid duration {value!r}: seconds, e.g. 30 or 2.5")
-    return number
 
 
 def version() -> str:

@@ -6,39 +6,16 @@ one unless ``--idempotency-key`` names it) and prints it: running again with the
 """
 
 import argparse
-import asyncio
-import time
 import uuid
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from orderctl import api_client, output
+from orderctl.argtypes import amount, seconds
 from orderctl.config import CtlSettings
-from orderctl.errors import CtlError, UsageError
+from orderctl.errors import CtlError
 
 #: The saga's history events that end a manual refund (orchestrator/manual_actions.py).
 OUTCOMES = ("ManualRefundSucceeded", "ManualRefundFailed")
-POLL_SECONDS = 0.5
-
-
-def amount(value: str) -> Decimal:
-    try:
-        money = Decimal(value)
-    except InvalidOperation:
-        money = Decimal("NaN")
-    if not money.is_finite() or money <= 0 or money.as_tuple().exponent < -2:  # type: ignore[operator]
-        raise argparse.ArgumentTypeError(f"invalid amount {value!r}: more than 0, e.g. 12.50")
-    return money
-
-
-def wait_seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not 0 <= number < float("inf"):
-        raise argparse.ArgumentTypeError(f"invalid duration {value!r}: seconds, e.g. 30 or 2.5")
-    return number
 
 
 def register(sub: argparse._SubParsersAction, command: Any, json_flag: Any) -> None:
@@ -54,7 +31,7 @@ def register(sub: argparse._SubParsersAction, command: Any, json_flag: Any) -> N
     )
     r.add_argument(
         "--wait",
-        type=wait_seconds,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="wait this long for the payment service's answer (default: 30; 0: do not wait)",
@@ -68,26 +45,13 @@ def register(sub: argparse._SubParsersAction, command: Any, json_flag: Any) -> N
     r.set_defaults(run=cmd_refund)
 
 
-async def _outcome(api: api_client.ApiClient, order_id: str, command_id: str, wait: float) -> dict[str, Any] | None:
-    """The history entry that ended the refund, once the payment service answered; None if not within ``wait``."""
-    deadline = time.monotonic() + wait
-    while True:
-        saga = await api.get(api_client.saga_path(order_id))
-        for entry in saga["history"]:
-            if entry["event"] in OUTCOMES and entry["commandId"] == command_id:
-                return entry
-        if time.monotonic() >= deadline:
-            return None
-        await asyncio.sleep(POLL_SECONDS)
+def _outcome(saga: dict[str, Any], command_id: str) -> dict[str, Any] | None:
+    """The history entry that ended the refund, once the payment service answered."""
+    return next((h for h in saga["history"] if h["event"] in OUTCOMES and h["commandId"] == command_id), None)
 
 
 async def cmd_refund(settings: CtlSettings, args: argparse.Namespace) -> int:
-    url = api_client.api_url(settings, args.api_url)
-    if url is None:
-        raise UsageError(
-            f"refund goes through the orchestrator's API: set {api_client.URL_VARIABLE} or --api-url "
-            f"(and {api_client.TOKEN_VARIABLE})"
-        )
+    url = api_client.required_api_url(settings, args.api_url, "refund")
     key = args.idempotency_key or str(uuid.uuid4())
     body: dict[str, Any] = {"reason": args.reason}
     if args.amount is not None:
@@ -96,7 +60,11 @@ async def cmd_refund(settings: CtlSettings, args: argparse.Namespace) -> int:
         asked = await api.post(api_client.saga_path(args.order_id, "/refund"), body, headers={"Idempotency-Key": key})
         ended = None
         if asked["status"] == "pending" and args.wait > 0:
-            ended = await _outcome(api, args.order_id, asked["commandId"], args.wait)
+            command_id = asked["commandId"]
+            saga, _ = await api_client.follow(
+                api, args.order_id, args.wait, lambda saga: _outcome(saga, command_id) is not None
+            )
+            ended = _outcome(saga, command_id)
     status, error = asked["status"], asked.get("error")
     if ended is not None:
         status = "succeeded" if ended["event"] == "ManualRefundSucceeded" else "failed"
