@@ -1,6 +1,9 @@
 """Inventory's command handlers."""
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import asyncpg
 
 from contracts.base import OrderItem, PricedLine
 from contracts.inventory import (
@@ -81,21 +84,29 @@ async def reserve_inventory(ctx: MessageContext, command: ReserveInventory) -> I
     )
 
 
+async def _returned(
+    ctx: MessageContext,
+    reservation_ids: list[str],
+    put_back: Callable[[asyncpg.Connection, str], Awaitable[list[asyncpg.Record]]],
+) -> list[OrderItem]:
+    """Put each reservation back with ``put_back`` (release or restock); the units returned, by product."""
+    returned: Counter[str] = Counter()
+    for reservation_id in reservation_ids:
+        for line in await put_back(ctx.conn, reservation_id):
+            returned[line["product_id"]] += line["quantity"]
+    return [OrderItem(productId=p, quantity=q) for p, q in sorted(returned.items())]
+
+
 async def release_inventory(ctx: MessageContext, command: ReleaseInventory) -> InventoryReleased:
     await repo.lock_order(ctx.conn, command.orderId)
     await repo.mark_released(ctx.conn, command.orderId)  # the tombstone a late ReserveInventory reads
     remembered = await repo.idempotent_result(ctx.conn, command.idempotencyId)
     if remembered is not None:
         return InventoryReleased.model_validate(remembered)
-    released: Counter[str] = Counter()
     # The order's own reservation lines are what was taken; release those, whatever items say.
-    for reservation_id in await repo.active_reservations(ctx.conn, command.orderId):
-        for line in await repo.release_reservation(ctx.conn, reservation_id):
-            released[line["product_id"]] += line["quantity"]
-    result = InventoryReleased(
-        released=bool(released),
-        items=[OrderItem(productId=p, quantity=q) for p, q in sorted(released.items())],
-    )
+    reservations = await repo.active_reservations(ctx.conn, command.orderId)
+    items = await _returned(ctx, reservations, repo.release_reservation)
+    result = InventoryReleased(released=bool(items), items=items)
     await repo.remember_result(ctx.conn, command.idempotencyId, "release", result.model_dump(mode="json"))
     return result
 
@@ -115,14 +126,8 @@ async def restock_order(ctx: MessageContext, command: RestockOrder) -> StockRest
     remembered = await repo.idempotent_result(ctx.conn, command.idempotencyId)
     if remembered is not None:
         return StockRestocked.model_validate(remembered)
-    restocked: Counter[str] = Counter()
-    for reservation_id in await repo.sold_reservations(ctx.conn, command.orderId):
-        for line in await repo.restock_reservation(ctx.conn, reservation_id):
-            restocked[line["product_id"]] += line["quantity"]
-    result = StockRestocked(
-        restocked=bool(restocked),
-        items=[OrderItem(productId=p, quantity=q) for p, q in sorted(restocked.items())],
-    )
+    items = await _returned(ctx, await repo.sold_reservations(ctx.conn, command.orderId), repo.restock_reservation)
+    result = StockRestocked(restocked=bool(items), items=items)
     await repo.remember_result(ctx.conn, command.idempotencyId, "restock", result.model_dump(mode="json"))
     return result
 

@@ -3,7 +3,7 @@
 import json
 import uuid
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -95,6 +95,14 @@ async def active_reservations(conn: asyncpg.Connection, order_id: str) -> list[s
 
 async def release_reservation(conn: asyncpg.Connection, reservation_id: str) -> list[asyncpg.Record]:
     """Put the reservation's stock back and mark it released, in the caller's transaction."""
+    return await _return_to_stock(conn, reservation_id, "released")
+
+
+async def _return_to_stock(
+    conn: asyncpg.Connection, reservation_id: str, status: Literal["released", "restocked"]
+) -> list[asyncpg.Record]:
+    """Put the reservation's units back in stock and give it ``status``; its lines. The UPDATE sets only stock:
+    the stock ledger's invariant holds (migration 0004)."""
     lines = await reservation_lines(conn, reservation_id)
     for line in lines:
         await conn.execute(
@@ -103,7 +111,7 @@ async def release_reservation(conn: asyncpg.Connection, reservation_id: str) -> 
             line["quantity"],
         )
     await conn.execute(
-        "UPDATE reservation SET status = 'released', updated_at = now() WHERE reservation_id = $1", reservation_id
+        "UPDATE reservation SET status = $2, updated_at = now() WHERE reservation_id = $1", reservation_id, status
     )
     return lines
 
@@ -120,19 +128,8 @@ async def sold_reservations(conn: asyncpg.Connection, order_id: str) -> list[str
 
 
 async def restock_reservation(conn: asyncpg.Connection, reservation_id: str) -> list[asyncpg.Record]:
-    """Put a sold reservation's units back on the shelf and mark it restocked, in the caller's transaction. Like
-    a release, the UPDATE sets only stock: the stock ledger's invariant holds (migration 0004)."""
-    lines = await reservation_lines(conn, reservation_id)
-    for line in lines:
-        await conn.execute(
-            "UPDATE product SET stock = stock + $2, updated_at = now() WHERE product_id = $1",
-            line["product_id"],
-            line["quantity"],
-        )
-    await conn.execute(
-        "UPDATE reservation SET status = 'restocked', updated_at = now() WHERE reservation_id = $1", reservation_id
-    )
-    return lines
+    """Put a sold reservation's units back on the shelf and mark it restocked, in the caller's transaction."""
+    return await _return_to_stock(conn, reservation_id, "restocked")
 
 
 async def idempotent_result(conn: asyncpg.Connection, idempotency_id: str) -> dict[str, Any] | None:
