@@ -6,7 +6,7 @@ drive the engine step by step and advance time instead of sleeping.
 This module holds ``decide`` and the lane core (entering states, Catch, a lane's end,
 the saga's end); the states' own parts are mixins: Task in engine_tasks, Choice and
 Wait in engine_states, Parallel and the lane groups in engine_groups, Map in
-engine_map, redrive in engine_redrive.
+engine_map, redrive in engine_redrive, an operator's cancel in engine_cancel.
 """
 
 import copy
@@ -26,6 +26,7 @@ from orchestrator.definition import (
     Workflow,
 )
 from orchestrator.engine_base import Context
+from orchestrator.engine_cancel import CancelStep
 from orchestrator.engine_groups import PARALLEL_LANE, LaneGroups
 from orchestrator.engine_map import MapSteps
 from orchestrator.engine_redrive import RedriveStep
@@ -33,6 +34,7 @@ from orchestrator.engine_states import ChoiceAndWait
 from orchestrator.engine_tasks import MAX_REISSUES, TaskSteps
 from orchestrator.state import (
     MAIN,
+    Cancelled,
     Decision,
     ErrorOut,
     Event,
@@ -65,6 +67,8 @@ def decide(workflow: Workflow, state: SagaState | None, event: Event, ctx: Conte
         run.saga = state.model_copy(deep=True)
         if isinstance(event, Redriven):
             run.redrive()
+        elif isinstance(event, Cancelled):
+            run.cancel(event)
         elif run.saga.finished:
             run.note("EventAfterEnd", detail={"kind": event.kind})
         elif isinstance(event, ReplyReceived):
@@ -74,7 +78,7 @@ def decide(workflow: Workflow, state: SagaState | None, event: Event, ctx: Conte
     return Decision(state=run.saga, commands=run.commands, timers=run.timers, history=run.history)
 
 
-class _Run(TaskSteps, ChoiceAndWait, LaneGroups, MapSteps, RedriveStep):
+class _Run(TaskSteps, ChoiceAndWait, LaneGroups, MapSteps, RedriveStep, CancelStep):
     """One decision: the lane core here, each state's part from its mixin."""
 
     def on_timer(self, event: TimerFired) -> None:

@@ -155,7 +155,16 @@ class Redriven(BaseModel):
     kind: Literal["redrive"] = "redrive"
 
 
-Event = Started | ReplyReceived | TimerFired | Redriven
+class Cancelled(BaseModel):
+    """An operator stops a running saga: the step in flight is abandoned and its Catch taken, as if it had failed
+    with CancelledByOperator (orchestrator/engine_cancel.py)."""
+
+    kind: Literal["cancel"] = "cancel"
+    reason: str = Field(description="Why, the operator's words: the error's Cause.")
+    by: dict[str, Any] | None = Field(None, description="Who asked (the API's audit actor), for the history.")
+
+
+Event = Started | ReplyReceived | TimerFired | Redriven | Cancelled
 
 
 class CommandOut(BaseModel):
