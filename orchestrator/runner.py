@@ -112,9 +112,15 @@ class Runner:
         row = await lock_saga(conn, order_id)
         if row is None:
             return None
-        if isinstance(event, ReplyReceived) and await manual_actions.settle(conn, order_id, event, at=self.clock()):
-            return None
         before = SagaState.model_validate(row["state"])
+        # Only a reply no step of the saga waits for can answer a manual action: the engine's own replies skip
+        # the lookup (a round trip per transition otherwise).
+        if (
+            isinstance(event, ReplyReceived)
+            and not _awaited(before, event.commandId)
+            and await manual_actions.settle(conn, order_id, event, at=self.clock())
+        ):
+            return None
         name = row["workflow_name"] or ORDER_WORKFLOW
         workflow = await self.workflow_of(conn, name, row["workflow_version"])
         decision = decide(workflow, before, event, self._ctx())
@@ -268,6 +274,14 @@ _UPDATE_SAGA = _transition_sql(
            version = version + 1, updated_at = clock_timestamp()
        WHERE order_id = $1::text RETURNING 1"""
 )
+
+
+def _awaited(saga: SagaState, command_id: str) -> bool:
+    """Whether a step of ``saga`` waits for the reply to ``command_id`` (as the engine matches replies)."""
+    return any(
+        lane.run is not None and lane.run.commandId == command_id and lane.run.phase == "waiting_reply"
+        for lane in saga.lanes()
+    )
 
 
 async def lock_saga(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record | None:

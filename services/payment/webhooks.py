@@ -11,6 +11,12 @@ fetched from Stripe and only Stripe's answer is acted on, in every
 configuration, so a forged or stale body (even one signed with a leaked
 secret) cannot confirm an unpaid order. When that fetch fails the endpoint
 answers 503 before anything is recorded, so Stripe delivers the event again.
+
+Most events change nothing: Stripe sends payment_intent.succeeded for every payment, also for those the
+charge's own answer already settled. An event that claims the settled status the local record already holds,
+for an intent no ProcessPayment waits on, is recorded without asking Stripe (whatever Stripe answered, there
+would be nothing to apply), which saves a request to Stripe per payment. A body that claims anything else is
+still checked with Stripe first.
 """
 
 import logging
@@ -33,6 +39,8 @@ log = logging.getLogger(__name__)
 HANDLED = frozenset({"payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled"})
 TOLERANCE_SECONDS = 300
 MAX_BODY = 512 * 1024
+#: PaymentIntent statuses that never change again.
+SETTLED = frozenset({"succeeded", "canceled"})
 
 
 class IntentUnavailable(Exception):
@@ -61,6 +69,8 @@ def webhook_route(
             return web.json_response({"error": "invalid signature"}, status=400)
         except ValueError:
             return web.json_response({"error": "invalid payload"}, status=400)
+        if await settled_already(pool(), event):
+            return web.json_response({"received": True, "applied": False})
         try:
             intent = await current_intent(gateway, event)
         except IntentUnavailable as exc:
@@ -73,6 +83,34 @@ def webhook_route(
         return web.json_response({"received": True, "applied": applied})
 
     app.router.add_post("/webhooks/stripe", receive)
+
+
+async def settled_already(pool: asyncpg.Pool, event: stripe.Event) -> bool:
+    """Record ``event`` and say True when it can change nothing: it claims the settled status the local record
+    of its intent holds, and no ProcessPayment waits on that intent. One statement, no request to Stripe."""
+    if event.type not in HANDLED:
+        return False
+    claimed = plain(event.data.object)
+    intent_id, status = claimed.get("id"), claimed.get("status")
+    if not isinstance(intent_id, str) or status not in SETTLED:
+        return False
+    async with pool.acquire() as conn:
+        return bool(
+            await conn.fetchval(
+                """WITH known AS (
+                       SELECT 1 FROM payment p
+                       WHERE p.payment_intent_id = $1 AND p.status = $2
+                         AND NOT EXISTS (SELECT 1 FROM pending_reply r WHERE r.order_id = p.order_id)),
+                   recorded AS (
+                       INSERT INTO webhook_event (event_id, type) SELECT $3, $4 FROM known
+                       ON CONFLICT DO NOTHING)
+                   SELECT EXISTS (SELECT 1 FROM known)""",
+                intent_id,
+                status,
+                event.id,
+                event.type,
+            )
+        )
 
 
 async def current_intent(gateway: StripeGateway, event: stripe.Event) -> dict | None:

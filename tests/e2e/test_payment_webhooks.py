@@ -201,3 +201,37 @@ async def test_a_signed_event_is_checked_against_stripe_before_it_confirms_anyth
 
     deliveries = await eventually(retried_delivery, timeout=10, what="the succeeded event delivered")
     assert max(d["attempts"] for d in deliveries) >= 2, deliveries
+
+
+async def test_an_event_that_can_change_nothing_is_recorded_without_asking_stripe(
+    stack: Stack, channel, listener
+) -> None:
+    """Stripe sends payment_intent.succeeded for every payment, also one the charge's answer already settled:
+    such an event is recorded without a request to Stripe (it answers 200 while Stripe cannot be asked), and a
+    replay of it is still applied once. A body claiming another status for the same intent is checked with
+    Stripe first (503 while Stripe cannot be asked, nothing recorded)."""
+    sku = new_id("sku-")
+    await seed(stack, {sku: (5, "8.00")})
+    order_id = new_id()
+    await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)])).encode())
+    assert (await outcome_of(listener, order_id))["status"] == "CONFIRMED"
+    conn = await db(stack.settings, "payment")
+    try:
+        intent_id = await conn.fetchval("SELECT payment_intent_id FROM payment WHERE order_id = $1", order_id)
+    finally:
+        await conn.close()
+    secret = stack.settings.stripe_webhook_secret
+    await add_stripe_fault(stack, status=503, method="GET", path_prefix=f"/v1/payment_intents/{intent_id}", count=5)
+
+    settled = event_claiming(intent_id, "succeeded")
+    for _ in range(2):  # the second is a replay
+        status, answer = post_webhook(stack, settled, sign(settled, secret))
+        assert status == 200 and answer == {"received": True, "applied": False}, answer
+    assert await recorded_events(stack, json.loads(settled)["id"]) == 1
+
+    other = event_claiming(intent_id, "canceled", "payment_intent.canceled")
+    status, answer = post_webhook(stack, other, sign(other, secret))
+    assert status == 503, answer
+    assert await recorded_events(stack, json.loads(other)["id"]) == 0
+    _, view = order_view(stack, order_id)
+    assert view["status"] == "CONFIRMED", view
