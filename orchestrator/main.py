@@ -6,12 +6,12 @@ import functools
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from contracts import permissions
 from contracts.orders import CancelOrder, OrderRejected, OrderRequested
 from contracts.registry import MESSAGES
-from orchestrator import cancellation, definition, rejection
+from orchestrator import cancellation, definition, rejection, saga_retention, stuck
 from orchestrator.api import make_api_app
 from orchestrator.batch import LockSagasInOrder
 from orchestrator.metrics import SAGAS_FAILED_CRITICAL, SAGAS_IN_FLIGHT, TIMERS_PARKED
@@ -51,6 +51,21 @@ class OrchestratorSettings(ProcessSettings):
     cancellation_workflow_file: str = Field(
         str(cancellation.DEFINITION_FILE), description="The cancellation workflow's definition (CancelOrder)."
     )
+    stuck_margin_seconds: float = Field(
+        stuck.DEFAULT_MARGIN_SECONDS,
+        ge=0,
+        description="A RUNNING saga quiet longer than its step's timeout plus this is stuck (orchestrator/stuck.py).",
+    )
+    saga_retention_days: float = Field(
+        saga_retention.DEFAULT_DAYS,
+        description="Finished sagas (not FAILED_CRITICAL, CANCELLATION_FAILED) older than this are purged with their "
+        "history; at least saga_retention.SAGA_RETENTION_FLOOR_DAYS (7), or the process refuses to start.",
+    )
+
+    @field_validator("saga_retention_days")
+    @classmethod
+    def _retention_covers_redelivery(cls, days: float) -> float:
+        return saga_retention.check_days(days)
 
     @model_validator(mode="after")
     def _api_port_of_its_own(self) -> "OrchestratorSettings":
@@ -182,7 +197,14 @@ def build(settings: OrchestratorSettings) -> Process:
 
     api = functools.partial(make_api_app, lambda: process.pool, runner, nudge=nudge_relay)
     process.sites = [Site("api", api, settings.api_host, settings.api_port)]
-    process.background = [timer_loop]
+
+    async def count_stuck() -> None:
+        await stuck.run(lambda: process.pool, stuck.StuckSagas(runner, margin_seconds=settings.stuck_margin_seconds))
+
+    async def purge_finished() -> None:
+        await saga_retention.run(lambda: process.pool, days=settings.saga_retention_days)
+
+    process.background = [timer_loop, count_stuck, purge_finished]
     return process
 
 

@@ -72,6 +72,12 @@ CLOCK_PAUSED_SECONDS = Counter(
     "orderflow_saga_clock_paused_seconds_total",
     "Seconds the saga clock stood still because the broker or the database was away (timers pushed back).",
 )
+SAGAS_STUCK = Gauge(
+    "orderflow_sagas_stuck",
+    "RUNNING sagas that have not moved for longer than their current step's timeout (or longest retry wait) plus "
+    "STUCK_MARGIN_SECONDS, by workflow and step (orchestrator/stuck.py); every replica counts them all.",
+    ["workflow", "step"],
+)
 
 SUCCEEDED, FAILED = "succeeded", "failed"
 #: Each workflow's successful end, whose notification failure rate is the guide's fifth figure.
