@@ -36,7 +36,11 @@ class SagaFilter(Model):
         default_factory=list, description="The state the saga is in, or ended in (e.g. ProcessPayment)."
     )
     error: list[str] = Field(
-        default_factory=list, description="The name of the error the saga failed with (e.g. RefundFailed)."
+        default_factory=list,
+        description="The name of an error the saga recorded anywhere in its history: the one it ended with, or any "
+        "a step, a retry, a branch or a compensation met on the way (e.g. RefundFailed finds a FAILED_CRITICAL "
+        "saga whose refund failed though it ended with OrderFailedCritical; CancelledByOperator finds the sagas "
+        "an operator stopped).",
     )
     product: str | None = Field(None, max_length=100, description="A product id one of the order's lines holds.")
     q: str | None = Field(
@@ -99,7 +103,10 @@ class Attempt(BaseModel):
 
     attempt: int | None
     commandId: str
-    outcome: Literal["running", "succeeded", "failed", "timed_out"]
+    outcome: Literal["running", "succeeded", "failed", "timed_out", "cancelled"] = Field(
+        description="cancelled: the saga was stopped by an operator while this run waited (its reply, if one "
+        "comes, is recorded as LateReplyIgnored)."
+    )
     startedAt: datetime
     endedAt: datetime | None
     durationSeconds: float | None
@@ -113,7 +120,9 @@ class Step(BaseModel):
 
     step: str
     lane: str
-    outcome: Literal["running", "succeeded", "failed", "timed_out"] = Field(description="Its last attempt's.")
+    outcome: Literal["running", "succeeded", "failed", "timed_out", "cancelled"] = Field(
+        description="Its last attempt's."
+    )
     startedAt: datetime
     endedAt: datetime | None
     attempts: list[Attempt]

@@ -136,11 +136,21 @@ ROUTES: tuple[ApiRoute, ...] = (
         "/api/v1/sagas/{orderId}/cancel",
         api_cancel.cancel_saga,
         "cancelOrder",
-        "Cancel a CONFIRMED order for its customer: the cancellation workflow",
-        "Starts the cancellation workflow (as a client's CancelOrder does): refund in full ({orderId}-cancel-refund), "
-        "restock, void the record, tell the customer. Its saga is '{orderId} cancel' (GET it for the progress); "
-        "its history gets CancelRequested (who, from where, why) in the same transaction. 409 when the order is "
-        "not CONFIRMED or already has a cancellation (the problem's refusal names which); nothing is written then.",
+        "Stop a RUNNING saga and compensate what may have taken effect, or cancel a CONFIRMED order",
+        "A RUNNING saga is stopped where it stands: the step in flight is abandoned (a reply to it later is recorded "
+        "as LateReplyIgnored, its timers never fire) and its Catch taken as for the error CancelledByOperator, so "
+        "the compensation the definition prescribes after that step runs, that step's own effect included (the "
+        "guide's: nothing before ReserveInventory; release the stock from ReserveInventory on; refund and release "
+        "from ProcessPayment on; refund, release and void the record at CreateOrderRecord). The saga ends where "
+        "that path ends, FAILED or FAILED_COMPENSATED with error CancelledByOperator (FAILED_CRITICAL if a "
+        "compensation fails), and publishes its outcome event; its own history gets CancelRequested (who, from "
+        "where, why) and ExecutionCancelled. A CONFIRMED order gets the cancellation workflow (as a client's "
+        "CancelOrder does): refund in full ({orderId}-cancel-refund), restock, void the record, tell the customer; "
+        "its saga is '{orderId} cancel', whose history gets CancelRequested. The answer's cancellation names the "
+        "saga to follow. 409, with nothing written, when the saga has ended otherwise than CONFIRMED "
+        "(refusal SagaFinished), is already compensating (AlreadyCompensating), is past its point of no return "
+        "(PastPointOfNoReturn: its Catch would go on to a success; cancel it once CONFIRMED), or the order already "
+        "has a cancellation (CancellationAlreadyRequested); the problem's refusal names which.",
         body=api_cancel.CancelRequest,
         response=api_cancel.CancelResult,
         errors=(400, 404, 409),

@@ -2,7 +2,7 @@
 
 Steps and attempts are derived from the history rows, which the engine writes for every transition: a task's
 run begins with TaskScheduled (or ReconcileScheduled) and ends with TaskSucceeded, TaskFailed or TaskTimedOut
-(Reconcile*), matched by command id; a command sent afresh after Command.Expired (CommandReissued) continues
+(Reconcile*), or TaskCancelled when an operator stopped the saga while it waited, matched by command id; a command sent afresh after Command.Expired (CommandReissued) continues
 its run. Consecutive runs of one state in one lane are one step with several attempts.
 """
 
@@ -20,6 +20,7 @@ RUN_ENDS = {
     "ReconcileSucceeded": "succeeded",
     "ReconcileFailed": "failed",
     "ReconcileTimedOut": "timed_out",
+    "TaskCancelled": "cancelled",
 }
 RUN_STARTS = ("TaskScheduled", "ReconcileScheduled")
 

@@ -65,7 +65,14 @@ def _where(f: SagaFilter, *, with_status: bool = True) -> _Where:
     if f.step:
         w.add("current_state = ANY({}::text[])", f.step)
     if f.error:
-        w.add("error_name = ANY({}::text[])", f.error)
+        # Any error the saga recorded, not only the one it ended with: its final error (error_name), or one in
+        # its history (every TaskFailed, RetryScheduled, Caught, BranchFailed, ExecutionFailed names its error).
+        # The EXISTS probes saga_history_error (migration 0010) per saga, or drives the query from it.
+        w.add(
+            """(error_name = ANY({0}::text[]) OR EXISTS (
+                   SELECT 1 FROM saga_history h WHERE h.order_id = saga.order_id AND h.error = ANY({0}::text[])))""",
+            f.error,
+        )
     if f.product is not None:
         w.add("input -> 'items' @> {}::jsonb", [{"productId": f.product}])  # the jsonb codec encodes it
     if f.q is not None:

@@ -146,8 +146,14 @@ async def test_filters_and_counts(stack: Stack, sagas: Sagas) -> None:
     two = await listed(stack, sagas.viewer, [("q", sagas.tag), ("status", "FAILED_CRITICAL"), ("status", "CANCELLED")])
     assert ids(two) == set(sagas.by_status["FAILED_CRITICAL"] + sagas.by_status["CANCELLED"])
 
+    # Any error the saga recorded, not only its final one: the critical ones failed CreateOrderRecord too, and
+    # their refund failed (RefundFailed) though they ended with OrderFailedCritical.
     by_error = await listed(stack, sagas.viewer, [("q", sagas.tag), ("error", "OrderRecordError")])
-    assert ids(by_error) == set(sagas.by_status["FAILED_COMPENSATED"])
+    assert ids(by_error) == set(sagas.by_status["FAILED_COMPENSATED"] + sagas.by_status["FAILED_CRITICAL"])
+    by_refund = await listed(stack, sagas.viewer, [("q", sagas.tag), ("error", "RefundFailed")])
+    assert ids(by_refund) == set(sagas.by_status["FAILED_CRITICAL"]) and by_refund["total"] == 2
+    final = await listed(stack, sagas.viewer, [("q", sagas.tag), ("error", "OrderFailedCritical")])
+    assert ids(final) == set(sagas.by_status["FAILED_CRITICAL"])
     cancelled = sagas.by_status["CANCELLED"][0]
     by_product = await listed(stack, sagas.viewer, [("product", sagas.empty_sku)])
     assert ids(by_product) == {cancelled}
