@@ -24,7 +24,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pamqp import commands
 
-from plumbing import metrics, topology
+from plumbing import frames, metrics, topology
 from plumbing.backoff import BROKER_CONNECT
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Broker:
 
     async def connect(self) -> None:
         """Connect, retrying with backoff until the broker answers."""
+        frames.install()  # one socket write for the frames queued together (plumbing/frames.py)
         failures = 0
         while True:
             try:
