@@ -2,7 +2,7 @@
 
 from pydantic import Field
 
-from contracts.base import Contract, Currency, Identifier, Money, OrderId, OrderItem, PricedLine
+from contracts.base import Contract, Currency, Identifier, Money, OrderId, OrderItem, PricedLine, ProductId
 
 
 class CheckInventory(Contract):
@@ -28,6 +28,23 @@ class ReserveInventory(Contract):
 class InventoryReserved(Contract):
     reservationId: Identifier
     items: list[OrderItem]
+
+
+class ReserveInventoryLine(Contract):
+    """Reserve one line of an order, on its own: a Map over the order's lines sends one per line. Each line is
+    a hold of its own, kept by ``idempotencyId``; ReleaseInventory, CommitReservation, RestockOrder and the
+    sweeper act on every hold of the order, one line or many."""
+
+    orderId: OrderId
+    productId: ProductId
+    quantity: int = Field(gt=0, le=10_000, strict=True, description="Units of the line.")
+    idempotencyId: Identifier = Field(description="{orderId}-reserve-{productId}: one hold per line.")
+
+
+class InventoryLineReserved(Contract):
+    reservationId: Identifier
+    productId: ProductId
+    quantity: int
 
 
 class ReleaseInventory(Contract):

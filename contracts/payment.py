@@ -4,7 +4,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from contracts.base import Contract, Currency, HeaderText, Identifier, Money, OrderId
+from contracts.base import Contract, Currency, Customer, HeaderText, Identifier, Money, OrderId, PricedLine
 
 
 class ProcessPayment(Contract):
@@ -38,3 +38,22 @@ class PaymentRefunded(Contract):
     refundId: Identifier | None = None
     amount: Money | None = None
     alreadyRefunded: bool = False
+
+
+class ScreenOrder(Contract):
+    """Screen an order for fraud before anything is taken: approved, or refused with ``FraudCheck.Rejected``
+    (a business error a Catch routes). The decision follows the payment service's rules (settings) and is
+    kept by ``idempotencyKey``: asked again, the same order gets the same answer."""
+
+    orderId: OrderId
+    amount: Money
+    currency: Currency
+    customer: Customer
+    lines: list[PricedLine] = Field(min_length=1, max_length=100, description="The order's priced lines.")
+    idempotencyKey: Identifier = Field(description="{orderId}-screen")
+
+
+class OrderScreened(Contract):
+    """The order passed every fraud rule (a refusal is the failure reply ``FraudCheck.Rejected``)."""
+
+    rules: list[str] = Field(description="The rules the order was checked against and passed, by name.")

@@ -10,11 +10,13 @@ from contracts.inventory import (
     CheckInventory,
     CommitReservation,
     InventoryChecked,
+    InventoryLineReserved,
     InventoryReleased,
     InventoryReserved,
     ReleaseInventory,
     ReservationCommitted,
     ReserveInventory,
+    ReserveInventoryLine,
     RestockOrder,
     StockRestocked,
 )
@@ -82,6 +84,37 @@ async def reserve_inventory(ctx: MessageContext, command: ReserveInventory) -> I
     return InventoryReserved(
         reservationId=reservation_id, items=[OrderItem(productId=p, quantity=q) for p, q in wanted.items()]
     )
+
+
+async def reserve_inventory_line(ctx: MessageContext, command: ReserveInventoryLine) -> InventoryLineReserved:
+    """One line's hold, a reservation of its own keyed by idempotencyId ({orderId}-reserve-{productId}). The
+    order's tombstone is read under the order's lock as ReserveInventory reads it, so a line that lands after
+    the order was released reserves nothing; ReleaseInventory, CommitReservation, RestockOrder and the sweeper
+    act on every reservation of the order, so line holds are released, committed and swept as a whole order's."""
+    await repo.lock_order(ctx.conn, command.orderId, shared=True)
+    await repo.lock_key(ctx.conn, command.idempotencyId)
+    if await repo.is_released(ctx.conn, command.orderId):
+        raise Compensated("the order's reservation was released before this line ran; reserving nothing")
+    existing = await repo.reservation_by_idempotency(ctx.conn, command.idempotencyId)
+    if existing is not None:
+        held = {
+            r["product_id"]: r["quantity"] for r in await repo.reservation_lines(ctx.conn, existing["reservation_id"])
+        }
+        if held != {command.productId: command.quantity}:
+            raise InventoryError(
+                f"{command.idempotencyId} already holds {held}, not {command.quantity} of {command.productId}"
+            )
+        return InventoryLineReserved(
+            reservationId=existing["reservation_id"], productId=command.productId, quantity=command.quantity
+        )
+    if not await repo.products(ctx.conn, [command.productId]):
+        raise InventoryError(f"unknown product: {command.productId}")
+    if not await repo.take_stock(ctx.conn, command.productId, command.quantity):
+        raise InsufficientStockError(f"insufficient stock of {command.productId} for {command.quantity} units")
+    reservation_id = await repo.create_reservation(
+        ctx.conn, command.orderId, command.idempotencyId, {command.productId: command.quantity}
+    )
+    return InventoryLineReserved(reservationId=reservation_id, productId=command.productId, quantity=command.quantity)
 
 
 async def _returned(

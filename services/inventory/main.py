@@ -6,7 +6,14 @@ from typing import get_args
 import asyncpg
 from pydantic import Field
 
-from contracts.inventory import CheckInventory, CommitReservation, ReleaseInventory, ReserveInventory, RestockOrder
+from contracts.inventory import (
+    CheckInventory,
+    CommitReservation,
+    ReleaseInventory,
+    ReserveInventory,
+    ReserveInventoryLine,
+    RestockOrder,
+)
 from contracts.orders import OrderOutcome, OrderStatus
 from plumbing.commands import command_route
 from plumbing.consumer import Route
@@ -36,6 +43,7 @@ def build(settings: InventorySettings) -> Process:
         {
             "CheckInventory": command_route(CheckInventory, handlers.check_inventory),
             "ReserveInventory": command_route(ReserveInventory, handlers.reserve_inventory),
+            "ReserveInventoryLine": command_route(ReserveInventoryLine, handlers.reserve_inventory_line),
             "ReleaseInventory": command_route(ReleaseInventory, handlers.release_inventory),
             "CommitReservation": command_route(CommitReservation, handlers.commit_reservation),
             "RestockOrder": command_route(RestockOrder, handlers.restock_order),

@@ -179,9 +179,18 @@ async def unresolved_reservations(conn: asyncpg.Connection, max_age_seconds: flo
     )
 
 
-async def lock_order(conn: asyncpg.Connection, order_id: str) -> None:
-    """Serialize one order's reserve and release: a release never races the reservation it compensates."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 2))", order_id)
+async def lock_order(conn: asyncpg.Connection, order_id: str, *, shared: bool = False) -> None:
+    """Serialize one order's reserve and release: a release never races the reservation it compensates. Line
+    reservations take it shared, so an order's lines are reserved side by side and a release (exclusive) waits
+    for every line in flight, then leaves the tombstone each later line reads."""
+    lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    await conn.execute(f"SELECT {lock}(hashtextextended($1, 2))", order_id)
+
+
+async def lock_key(conn: asyncpg.Connection, idempotency_id: str) -> None:
+    """One hold per idempotency id: two deliveries of the same line (a retry beside a redelivery) take turns, and
+    the second finds the first's reservation instead of taking the stock again."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 3))", idempotency_id)
 
 
 async def is_released(conn: asyncpg.Connection, order_id: str) -> bool:

@@ -1,16 +1,19 @@
 """The payment process."""
 
+import functools
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
 from aiohttp import web
 from pydantic import Field, SecretStr, field_validator
 
-from contracts.payment import ProcessPayment, RefundPayment
+from contracts.payment import ProcessPayment, RefundPayment, ScreenOrder
 from plumbing import retention
 from plumbing.commands import command_route
 from plumbing.process import Process, command_process, run_process, service_migrations
 from plumbing.settings import ProcessSettings
+from services.payment import fraud
 from services.payment.handlers import PaymentHandlers
 from services.payment.stripe_gateway import StripeGateway
 from services.payment.webhooks import webhook_route
@@ -45,6 +48,25 @@ class PaymentSettings(ProcessSettings):
         "below those 72 h the process refuses to start.",
     )
 
+    fraud_amount_ceiling: Decimal = Field(
+        Decimal("10000"),
+        gt=0,
+        description="ScreenOrder refuses an order above this amount (major units of its currency; inclusive).",
+    )
+    fraud_max_units: int = Field(50, ge=1, description="ScreenOrder refuses an order of more units, over all lines.")
+    fraud_blocked_email_domains: list[str] = Field(
+        default_factory=list,
+        description="ScreenOrder refuses a customer whose email is at one of these domains or below one (JSON list, "
+        'e.g. ["fraud.example.com"]).',
+    )
+
+    def fraud_rules(self) -> fraud.FraudRules:
+        return fraud.FraudRules(
+            amount_ceiling=self.fraud_amount_ceiling,
+            max_units=self.fraud_max_units,
+            blocked_email_domains=tuple(d.strip().lower() for d in self.fraud_blocked_email_domains if d.strip()),
+        )
+
     @field_validator("webhook_event_retention_hours")
     @classmethod
     def _covers_stripe_retries(cls, hours: float) -> float:
@@ -67,6 +89,9 @@ def build(settings: PaymentSettings) -> Process:
         {
             "ProcessPayment": command_route(ProcessPayment, handlers.process_payment),
             "RefundPayment": command_route(RefundPayment, handlers.refund_payment),
+            "ScreenOrder": command_route(
+                ScreenOrder, functools.partial(fraud.screen_order, rules=settings.fraud_rules())
+            ),
         },
     )
 

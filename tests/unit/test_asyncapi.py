@@ -65,6 +65,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "CancellationRejected": ORDER | {"reason": "OrderNotConfirmed", "detail": "the order is FAILED"},
     "RestockOrder": ORDER | {"idempotencyId": "ORDER#123-restock"},
     "StockRestocked": {"restocked": True, "items": ITEMS},
+    "ReserveInventoryLine": ORDER | {"productId": "456", "quantity": 2, "idempotencyId": "ORDER#123-reserve-456"},
+    "InventoryLineReserved": {"reservationId": "res_1", "productId": "456", "quantity": 2},
+    "ScreenOrder": ORDER
+    | {"amount": 129.57, "currency": "usd", "customer": CUSTOMER, "lines": LINES, "idempotencyKey": "ORDER#123-screen"},
+    "OrderScreened": {"rules": ["amount_ceiling", "max_units", "blocked_email_domain"]},
 }
 
 _KEYWORDS = {
@@ -351,6 +356,7 @@ def test_consumer_queues_are_quorum_with_a_dead_letter_queue() -> None:
     assert set(queues["inventory.commands"]["messages"]) == {
         "CheckInventory",
         "ReserveInventory",
+        "ReserveInventoryLine",
         "ReleaseInventory",
         "CommitReservation",
         "RestockOrder",
