@@ -286,7 +286,7 @@ async def test_an_operator_cancels_through_the_api_audited_and_refusals_are_http
     status, _, failed = await acall(
         stack, saga_path(orders.failed, "/cancel"), token=operator, method="POST", body={"reason": "x"}
     )
-    assert status == 409 and failed["refusal"] == "OrderNotConfirmed"
+    assert status == 409 and failed["refusal"] == "SagaFinished" and "FAILED" in failed["detail"]
     status, _, _ = await acall(
         stack, saga_path("ORDER#never-ordered", "/cancel"), token=operator, method="POST", body={"reason": "x"}
     )
