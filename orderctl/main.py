@@ -26,7 +26,7 @@ from orderctl.config import SERVICES, CtlSettings
 from orderctl.errors import EXIT_CODES, INTERRUPTED, OK, USAGE, describe
 from orderctl.outbox import cmd_outbox
 from orderctl.refunds import register as register_refund
-from orderctl.sagas import add_api_flag
+from orderctl.sagas import add_api_flag, add_bulk_redrive
 from orderctl.sagas import register as register_list
 from orderctl.tokens import add_parser as add_token_parser
 from orderctl.workflows import cmd_workflow
@@ -133,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
     o.set_defaults(run=commands.cmd_orders)
 
     r = command(sub, "redrive", "restart a FAILED_CRITICAL saga from the step that failed")
-    r.add_argument("order_id", help="the FAILED_CRITICAL order's id")
+    r.add_argument("order_id", nargs="?", help="the FAILED_CRITICAL order's id (or filters, below, for many)")
     r.add_argument(
         "--workflow-file",
         default=str(definition.DEFINITION_FILE),
@@ -143,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--reason", help="why, for the audit entry (with --api-url)")
     add_api_flag(r)
     r.set_defaults(run=commands.cmd_redrive)
+    add_bulk_redrive(r, commands.cmd_redrive)  # --status, --error, ... --dry-run: many, through the API
 
     register_list(sub, command, json_flag)
     register_refund(sub, command, json_flag)
