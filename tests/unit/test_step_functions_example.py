@@ -138,3 +138,9 @@ def test_a_declined_payment_releases_every_line() -> None:
     saga.expect_command("inventory.ReleaseInventory")
     saga.reply_ok({"released": True, "items": []})
     saga.expect_status("FAILED")
+
+
+def test_the_example_is_among_the_definitions_both_validators_check() -> None:
+    from test_asl_validators import DEFINITIONS
+
+    assert EXAMPLE in DEFINITIONS
