@@ -251,7 +251,7 @@ async def cmd_redrive(settings: CtlSettings, args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(settings: CtlSettings, args: argparse.Namespace) -> int:
-    return await run_demo(settings, timeout=args.timeout, as_json=args.json)
+    return await run_demo(settings, timeout=args.timeout, as_json=args.json, keep_running=args.keep_running)
 
 
 def _check_failed(settings: CtlSettings, exc: Exception) -> Exception:

@@ -1,15 +1,20 @@
-"""``orderctl demo``: the main job. Migrate, start everything, seed a catalog, run sample orders, print outcomes."""
+"""``orderctl demo``: the main job. Migrate, start everything, seed a catalog, run sample orders, print outcomes,
+then the console's address and a viewer token to open it with (issue 17's done-criterion), and keep running for
+the console until Ctrl-C when started from a terminal."""
 
 import asyncio
 import json
+import signal
 import sys
 import time
+import urllib.parse
 import urllib.request
 from decimal import Decimal
 from typing import Any
 
 from contracts.base import Customer, OrderItem
 from contracts.orders import OrderRequested
+from orchestrator import api_tokens
 from orchestrator.status import saga_view
 from orderctl import client, output, reach
 from orderctl.config import SERVICES, CtlSettings
@@ -17,6 +22,7 @@ from orderctl.errors import CtlError
 from orderctl.output import Col
 from orderctl.provision import migrate_all
 from orderctl.supervisor import Supervisor, children
+from orderctl.tokens import creator
 from services.inventory import repository as inventory_repo
 
 CATALOG = [
@@ -115,7 +121,13 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-async def run_demo(settings: CtlSettings, *, timeout: float = 120.0, as_json: bool = False) -> int:
+async def run_demo(
+    settings: CtlSettings, *, timeout: float = 120.0, as_json: bool = False, keep_running: bool | None = None
+) -> int:
+    """The demo; ``keep_running`` (None: when stdin is a terminal) leaves the processes up for the console
+    until Ctrl-C or SIGTERM."""
+    if keep_running is None:
+        keep_running = sys.stdin.isatty()
     say("migrating databases ...")
     await migrate_all(settings)
     faults = {service: {"FAULTS": json.dumps(rules)} for service, rules in DEMO_FAULTS.items()}
@@ -160,9 +172,66 @@ async def run_demo(settings: CtlSettings, *, timeout: float = 120.0, as_json: bo
                 ],
                 rows,
             )
+        await show_console(settings, run, len(orders), to_stderr=as_json)
+        if keep_running:
+            say("the processes keep running for the console; Ctrl-C stops them")
+            await until_stopped()
         return 0 if len(outcomes) == len(orders) else 1
     finally:
         await supervisor.stop()
+
+
+def console_url(settings: CtlSettings) -> str:
+    """The console as ``orderctl up`` and the demo serve it: the orchestrator's API port on this host."""
+    return f"http://127.0.0.1:{settings.orchestrator_api_port}/console/"
+
+
+async def viewer_token(settings: CtlSettings, run: str) -> str:
+    """A new viewer token, made as ``orderctl token create --role viewer`` makes one (only its hash is kept)."""
+    conn = await reach.database(settings, "orchestrator")
+    try:
+        token, _ = await api_tokens.create(conn, role="viewer", name=f"demo-{run}-viewer", created_by=creator())
+    finally:
+        await conn.close()
+    return token
+
+
+def _listed(settings: CtlSettings, token: str, run: str) -> int:
+    """How many of this run's sagas the API lists to ``token``: the console reads the same listing."""
+    query = urllib.parse.urlencode({"q": f"ORDER#{run}-", "limit": 50})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{settings.orchestrator_api_port}/api/v1/sagas?{query}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return len(json.load(response)["items"])
+
+
+async def show_console(settings: CtlSettings, run: str, orders: int, *, to_stderr: bool) -> None:
+    """Print the console's address (and a link to this run's orders) and a viewer token; stdout unless it holds
+    JSON. The API is asked first with the token, so what is printed is known to work."""
+    token = await viewer_token(settings, run)
+    url = console_url(settings)
+    try:
+        listed = await asyncio.to_thread(_listed, settings, token, run)
+        seen = f"it lists this run's {listed} of {orders} orders"
+    except (OSError, ValueError, KeyError) as exc:
+        seen = f"the API did not answer ({exc}): see var/log/orchestrator.log"
+    lines = [
+        "",
+        f"console: {url}  ({seen}: {url}?{urllib.parse.urlencode({'q': f'ORDER#{run}-'})})",
+        f"viewer token: {token}",
+        "  (log in with it; to redrive from the console: orderctl token create --role operator)",
+    ]
+    print("\n".join(lines), file=sys.stderr if to_stderr else sys.stdout, flush=True)
+
+
+async def until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def steps_taken(view: dict[str, Any] | None) -> str:

@@ -151,6 +151,13 @@ def parser() -> argparse.ArgumentParser:
 
     d = command(sub, "demo", "migrate, start everything, run sample orders and print their outcomes")
     d.add_argument("--timeout", type=seconds, default=120.0, help="seconds to wait for the outcomes (default: 120)")
+    d.add_argument(
+        "--keep-running",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after the outcomes, keep the processes up for the console until Ctrl-C (default: when stdin is a "
+        "terminal)",
+    )
     json_flag(d)
     d.set_defaults(run=commands.cmd_demo)
 

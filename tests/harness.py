@@ -170,6 +170,7 @@ def ctl_env(settings) -> dict[str, str]:
             "ORDERFLOW_AMQP_URL": settings.amqp_url,
             "ORDERFLOW_ADMIN_DATABASE_URL": settings.admin_database_url,
             "ORDERFLOW_BASE_HTTP_PORT": str(settings.base_http_port),
+            "ORDERFLOW_ORCHESTRATOR_API_PORT": str(settings.orchestrator_api_port),
             "ORDERFLOW_STRIPE_PORT": str(settings.stripe_port),
             "ORDERFLOW_SMTP_PORT": str(settings.smtp_port),
             "ORDERFLOW_MAILDIR": str(settings.maildir),

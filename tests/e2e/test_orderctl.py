@@ -84,13 +84,21 @@ async def test_demo_shows_each_order_outcome(servers: None, tmp_path: Path) -> N
 
 async def _run_demo(settings, tmp_path: Path) -> None:
     try:
-        result = orderctl(settings, "demo", "--timeout", "120", cwd=tmp_path, timeout=300)
+        result = orderctl(settings, "demo", "--timeout", "120", "--no-keep-running", cwd=tmp_path, timeout=300)
         logs = "".join(f"\n--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((tmp_path / "var/log").glob("*.log")))
         assert result.returncode == 0, result.stdout + result.stderr + logs
         table = result.stdout
         assert table.count("CONFIRMED") >= 2
         assert "CANCELLED" in table and "InsufficientStockError" in table
         assert "PaymentDeclined" in table and "NO OUTCOME" not in table
+        # It ends with the console's address, checked against the API with the viewer token it prints.
+        ending = table.rstrip().splitlines()[-3:]
+        assert ending[0].startswith(f"console: http://127.0.0.1:{settings.orchestrator_api_port}/console/ ")
+        assert "it lists this run's 9 of 9 orders" in ending[0], ending
+        token = ending[1].removeprefix("viewer token: ")
+        assert token.startswith("ofl_")
+        tokens = json.loads(orderctl(settings, "token", "list", "--json").stdout)
+        assert [t["role"] for t in tokens if t["name"].startswith("demo-")] == ["viewer"]
     finally:
         await drop_databases(settings)
 
