@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from orchestrator import definition, stuck
-from orchestrator.main import OrchestratorSettings
+from orchestrator.main import OrchestratorSettings, build
 from orchestrator.saga_retention import KEPT_STATUSES
 
 pytestmark = pytest.mark.unit
@@ -68,3 +68,8 @@ def test_retention_defaults_to_ninety_days_and_refuses_less_than_a_week(monkeypa
 
 def test_sagas_an_operator_may_still_act_on_are_kept() -> None:
     assert set(KEPT_STATUSES) == {"RUNNING", "FAILED_CRITICAL", "CANCELLATION_FAILED"}
+
+
+def test_the_orchestrator_runs_both_upkeep_loops_beside_its_timers() -> None:
+    process = build(OrchestratorSettings())
+    assert {job.__name__ for job in process.background} == {"timer_loop", "count_stuck", "purge_finished"}
