@@ -1,16 +1,17 @@
 """The web console at /console/, served by the orchestrator's API application (docs/console.md).
 
 Server-rendered HTML, one stylesheet and one small script shipped in this package (static/): nothing is fetched
-from elsewhere. Its pages read what the API reads (saga_queries, saga_detail) and its actions, redrive, refund and
-cancel, run the API's (api_actions, api_refund, api_cancel). It authenticates with the session cookie session.py
-sets from an API token; the roles are the API's (GET needs viewer, POST operator), enforced by the same middleware.
+from elsewhere. Its pages read what the API reads (saga_queries, saga_detail) and its actions, redrive (one, or
+those the list's filter matches), refund and cancel, run the API's (api_actions, api_refund, api_cancel). It
+authenticates with the session cookie session.py sets from an API token; the roles are the API's (GET needs
+viewer, POST operator), enforced by the same middleware.
 """
 
 from importlib.resources import files
 
 from aiohttp import web
 
-from orchestrator.console import cancel_form, list_page, saga_page, session
+from orchestrator.console import bulk_redrive, cancel_form, list_page, saga_page, session
 
 STATIC_DIR = files(__package__) / "static"
 ASSETS = {"console.css": "text/css", "console.js": "text/javascript"}
@@ -44,3 +45,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(session.PREFIX + "sagas/{orderId}/redrive", saga_page.redrive)
     app.router.add_post(session.PREFIX + "sagas/{orderId}/refund", saga_page.refund)
     app.router.add_post(session.PREFIX + "sagas/{orderId}/cancel", cancel_form.cancel)
+    app.router.add_post(bulk_redrive.PATH, bulk_redrive.redrive)

@@ -1,8 +1,10 @@
-"""The console's Cancel button on a CONFIRMED order's page, and the link between an order and its cancellation.
+"""The console's Cancel button on a RUNNING saga's or a CONFIRMED order's page, and the link between an order
+and its cancellation.
 
 The form posts to /console/sagas/{orderId}/cancel, which does what POST /api/v1/sagas/{orderId}/cancel does
 (api_cancel.cancel: the same refusal rules, the same CancelRequested audit entry, the same metric) and then
-shows the cancellation saga's page, which refreshes itself while the refund, restock and void run.
+shows the saga that carries the cancellation out: a stopped saga's own page, which refreshes itself while its
+compensation runs, or the cancellation saga's, while the refund, restock and void run.
 """
 
 from html import escape
@@ -17,14 +19,44 @@ from orchestrator.api_models import SagaDetail
 from orchestrator.api_sagas import NUDGE, RUNNER, _pool, audit_actor
 from orchestrator.console.html import see_other
 from orchestrator.console.list_page import saga_link
+from orchestrator.definition import Workflow
+from orchestrator.engine_cancel import cancel_refusal
+from orchestrator.state import RUNNING, SagaState
+from orchestrator.versions import ORDER_WORKFLOW
 
 
-async def related(conn: asyncpg.Connection, saga: SagaDetail, *, operator: bool) -> str:
-    """For an order saga: a link to its cancellation if it has one, else (for an operator, on a CONFIRMED order)
-    the Cancel form. For a cancellation saga: a link back to its order. Empty otherwise."""
+def stop_form(saga: SagaDetail, state: SagaState, workflow: Workflow | None) -> str:
+    """The Cancel form of a RUNNING order saga its definition lets an operator stop (engine_cancel's rules)."""
+    if workflow is None or (saga.workflow.name or ORDER_WORKFLOW) != ORDER_WORKFLOW:
+        return ""
+    if cancel_refusal(workflow, state) is not None:
+        return ""
+    action = escape(saga_link(saga.orderId) + "/cancel")
+    step = escape(state.main.current or "")
+    return (
+        f'<form method="post" action="{action}" class="confirm" id="cancel-form" '
+        f'data-confirm="Stop {escape(saga.orderId)} at {step} and compensate what may have taken effect?">'
+        '<input name="reason" id="cancel-reason" maxlength="400" required placeholder="Why (for the audit entry)">'
+        f'<button type="submit" id="cancel">Stop and compensate</button></form>'
+    )
+
+
+async def related(
+    conn: asyncpg.Connection,
+    saga: SagaDetail,
+    *,
+    operator: bool,
+    state: SagaState | None = None,
+    workflow: Workflow | None = None,
+) -> str:
+    """For an order saga: a link to its cancellation if it has one, else (for an operator) the Cancel form of a
+    CONFIRMED order, or of a RUNNING saga that may be stopped (``state`` and ``workflow``: its own). For a
+    cancellation saga: a link back to its order. Empty otherwise."""
     if saga.workflow.name == cancellation.CANCELLATION_WORKFLOW:
         order_id = saga.orderId.removesuffix(cancellation.saga_key(""))
         return f'<p class="hint">Cancels order <a href="{escape(saga_link(order_id))}">{escape(order_id)}</a>.</p>'
+    if saga.status == RUNNING:
+        return stop_form(saga, state, workflow) if operator and state is not None else ""
     key = cancellation.saga_key(saga.orderId)
     existing = await conn.fetchval("SELECT status FROM saga WHERE order_id = $1", key)
     if existing is not None:
@@ -65,6 +97,6 @@ async def cancel(request: web.Request) -> web.StreamResponse:
                 raise web.HTTPNotFound(text=f"no saga for order {order_id!r}") from None
             ACTIONS.labels("cancel", "refused").inc()
             return await saga_page(request, notice=f"Not cancelled: {exc}", status=409)
-    ACTIONS.labels("cancel", "done").inc()
+    ACTIONS.labels("cancel", "stopped" if result.get("stoppedAt") else "done").inc()
     request.app[NUDGE]()
     return see_other(saga_link(result["cancellation"]))

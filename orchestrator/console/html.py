@@ -1,6 +1,7 @@
 """The console's page shell: one HTML document around a page's body, its own stylesheet and script only."""
 
 from html import escape
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -22,6 +23,11 @@ def page(title: str, body: str, *, status: int = 200, who: tuple[str, str] | Non
 <body><header><a href="/console/" class="brand">Orderflow</a>{account}</header>
 <main>{body}</main></body></html>"""
     return web.Response(text=document, status=status, content_type="text/html", charset="utf-8")
+
+
+def saga_link(order_id: str) -> str:
+    """A saga's console page (the order id URL-encoded: ORDER#123 is ORDER%23123)."""
+    return "/console/sagas/" + quote(order_id, safe="")
 
 
 def see_other(location: str) -> web.Response:

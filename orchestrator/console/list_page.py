@@ -6,7 +6,7 @@ the API lists for the same parameters.
 """
 
 from html import escape
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import MultiDict
@@ -15,7 +15,8 @@ from orchestrator import saga_queries
 from orchestrator.api_auth import principal_of
 from orchestrator.api_models import SAGA_STATUSES, ListQuery, SagaPage
 from orchestrator.api_sagas import GET_POOL, LIST_PARAMS, BadRequest, _validated
-from orchestrator.console.html import page
+from orchestrator.console import bulk_redrive
+from orchestrator.console.html import page, saga_link
 
 #: The text filters of the form, with their labels and hints (status is the row of checkboxes).
 TEXT_FILTERS = (
@@ -30,10 +31,6 @@ TEXT_FILTERS = (
 )
 #: Seconds between refreshes of the table (console.js reads data-live).
 REFRESH_SECONDS = 5
-
-
-def saga_link(order_id: str) -> str:
-    return "/console/sagas/" + quote(order_id, safe="")
 
 
 def given(request: web.Request) -> MultiDict[str]:
@@ -105,6 +102,7 @@ async def list_page(request: web.Request) -> web.Response:
     principal = principal_of(request)
     params = given(request)
     who = (principal.name, principal.role)
+    operator = principal.may("operator")
     try:
         query = parse(params)
         pool = request.app[GET_POOL]()
@@ -115,8 +113,9 @@ async def list_page(request: web.Request) -> web.Response:
     except (BadRequest, saga_queries.BadCursor) as exc:
         body = f'<h1>Sagas</h1>{_filters(params)}<p class="error" id="filter-error">{escape(str(exc))}</p>'
         return page("Sagas", body, status=400, who=who)
+    bulk = bulk_redrive.list_button(params, bulk_redrive.redrivable_count(query, listing)) if operator else ""
     live = (
-        f'<section id="live" data-live="{REFRESH_SECONDS}">{_counts(params, listing)}{_table(params, listing)}'
+        f'<section id="live" data-live="{REFRESH_SECONDS}">{_counts(params, listing)}{bulk}{_table(params, listing)}'
         '<p class="refreshed">Refreshed every few seconds.</p></section>'
     )
     return page("Sagas", f"<h1>Sagas</h1>{_filters(params)}{live}", who=who)

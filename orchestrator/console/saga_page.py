@@ -26,6 +26,7 @@ from orchestrator.console import cancel_form, graph
 from orchestrator.console.html import page, see_other
 from orchestrator.console.list_page import REFRESH_SECONDS, saga_link
 from orchestrator.saga_detail import RUN_ENDS, RUN_STARTS, detail
+from orchestrator.state import SagaState
 from plumbing.envelope import new_id
 
 #: History events that mark their state as where the saga failed (a Task's own failure is its last attempt's).
@@ -189,12 +190,15 @@ async def saga_page(request: web.Request, *, notice: str | None = None, status: 
             return page("Not found", f'<p class="error">No saga for order {escape(order_id)}.</p>', status=404, who=who)
         saga = detail(row, await saga_queries.history(conn, order_id))
         refund = await refund_plan(conn, row, order_id) if principal.may("operator") else None
-        cancelling = await cancel_form.related(conn, saga, operator=principal.may("operator"))
+        workflow = None
         try:
             workflow = await request.app[RUNNER].workflow_of(conn, row["workflow_name"], row["workflow_version"])
             drawing = graph.render(workflow.StartAt, workflow.States, marks_of(saga.history))
         except LookupError as exc:  # a version no longer stored: the rest of the page still helps
             drawing = f'<p class="error">No graph: {escape(str(exc))}</p>'
+        state = SagaState.model_validate(row["state"])
+        operator = principal.may("operator")
+        cancelling = await cancel_form.related(conn, saga, operator=operator, state=state, workflow=workflow)
     notice = escape(notice) if notice is not None else NOTICES.get(request.query.get("notice", ""), "")
     live = f' data-live="{REFRESH_SECONDS}"' if saga.status == "RUNNING" else ""
     body = (
