@@ -2,6 +2,8 @@
 
 - AMQP deliveries: the delta of ``orderflow_messages_handled_total`` scraped from every process's /metrics
   (every consumer counts each delivery it handles, whatever the outcome).
+- Batches: the delta of ``orderflow_batch_deliveries_count`` (units of work, one transaction each) beside the
+  deliveries: deliveries per unit is the mean batch size of a process that batches.
 - PostgreSQL transactions: the delta of ``pg_stat_database.xact_commit`` summed over the installation's
   databases. A backend reports its counts when it goes idle, at most once a second, and counts it holds back
   then wait for its next transaction or its exit: measured on PostgreSQL 15 here, an idle pool connection
@@ -28,14 +30,16 @@ from plumbing.db import database_name
 
 T = TypeVar("T")
 HANDLED = "orderflow_messages_handled_total"
+#: Units of work a batching consumer ran (one transaction each); not counted where BATCH_MAX is 1.
+UNITS = "orderflow_batch_deliveries_count"
 #: How long to watch the idle processes' own commits: two periods of the outbox relays' 5 s safety wake-up.
 IDLE_SAMPLE_SECONDS = 10.0
 
 
-async def handled_by_process(settings: CtlSettings) -> dict[str, float]:
-    """Deliveries each process has handled since it started."""
+async def handled_by_process(settings: CtlSettings, metric: str = HANDLED) -> dict[str, float]:
+    """Deliveries each process has handled since it started (``metric``: another counter of each process)."""
     ports = [settings.http_port(s.name) for s in SERVICES]
-    values = await asyncio.gather(*(asyncio.to_thread(metric_value, port, HANDLED) for port in ports))
+    values = await asyncio.gather(*(asyncio.to_thread(metric_value, port, metric) for port in ports))
     return {s.name: v for s, v in zip(SERVICES, values, strict=True)}
 
 

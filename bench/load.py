@@ -33,6 +33,7 @@ from tqdm import tqdm
 from bench import installation
 from bench.cli import command_parser, main_of
 from bench.counters import (
+    UNITS,
     CommitReading,
     agreed,
     commits_between,
@@ -176,6 +177,7 @@ class Counts:
     commits: CommitReading
     handled: dict[str, float]
     events: int
+    units: dict[str, float]
 
 
 async def final_commits(inst: Installation) -> tuple[dict[str, int], float, bool]:
@@ -200,7 +202,12 @@ async def measure(args: argparse.Namespace, inst: Installation, run_id: str) -> 
         await tap.start(await connection.channel())
         await publisher.start(await connection.channel())
         print("reading the idle installation's own commit rate ...", file=sys.stderr)
-        before = Counts(await idle_commits(settings), await handled_by_process(settings), tap.events)
+        before = Counts(
+            await idle_commits(settings),
+            await handled_by_process(settings),
+            tap.events,
+            await handled_by_process(settings, UNITS),
+        )
         warm = await warm_up(Driver(tap, publisher, OrderFactory(run_id, args.weights, "w")), args)
         if not warm.ok:
             return None
@@ -220,6 +227,7 @@ async def measure(args: argparse.Namespace, inst: Installation, run_id: str) -> 
         per_process = watch.finish(await inst.pids(admin)) if inst.stack else []
         server_usage = servers.finish()
         handled_after = await agreed(lambda: handled_by_process(settings))
+        units_after = await handled_by_process(settings, UNITS)
         events = tap.events
         commits, commits_at, exact = await final_commits(inst)
         steps_latency = await step_latencies(settings, [f.order.order_id for f in flights])
@@ -234,6 +242,7 @@ async def measure(args: argparse.Namespace, inst: Installation, run_id: str) -> 
         sagas=warm.completed + results.completed,
         deliveries=round(sum(handled_after.values()) - sum(before.handled.values())),
         deliveries_by_process={k: round(v - before.handled.get(k, 0)) for k, v in handled_after.items()},
+        units_by_process={k: round(v - before.units.get(k, 0)) for k, v in units_after.items()},
         listener_events=events - before.events,
         transactions=sum(transactions.values()),
         transactions_by_process=transactions,

@@ -221,6 +221,9 @@ def _cost(report: Report) -> str:
         f" the idle installation's own {c.idle_transactions_per_second}/s excluded"
         + ("" if c.transactions_exact else "; approximate: external processes may hold counts back"),
     ]
+    if batches := c.deliveries_per_unit():
+        sizes = ", ".join(f"{name} {size:.2f}" for name, size in batches.items())
+        lines.append(f"  batches            deliveries per transaction, where batching is on: {sizes}")
     cpu = report.cpu_ms_per_saga
     if cpu:
         shares = ", ".join(f"{name} {ms:.1f}" for name, ms in sorted(cpu.items(), key=lambda kv: -kv[1]))

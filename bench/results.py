@@ -149,6 +149,16 @@ class SagaCost:
     """False for --external, whose processes keep running: their idle connections may hold back some counts."""
     idle_transactions_per_second: float
     """The processes' own commits while idle (saga clock heartbeat, outbox relays' wake-ups)."""
+    units_by_process: dict[str, int] = field(default_factory=dict)
+    """Units of work (one transaction each) of the processes that batch (BATCH_MAX above 1)."""
+
+    def deliveries_per_unit(self) -> dict[str, float]:
+        """The mean batch of each process that batches: its deliveries over its units."""
+        return {
+            name: _per(self.deliveries_by_process.get(name, 0), units)
+            for name, units in self.units_by_process.items()
+            if units
+        }
 
     @property
     def deliveries_per_saga(self) -> float:
