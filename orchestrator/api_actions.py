@@ -23,8 +23,9 @@ from orchestrator.state import Redriven
 REDRIVE_REQUESTED = "RedriveRequested"
 ACTIONS = Counter(
     "orderflow_api_actions_total",
-    "Mutating calls of the orchestrator's API, per saga acted on: action (redrive, refund) and outcome (done, "
-    "refused: not in a state that allows it, not_found, replayed: a refund repeated with its Idempotency-Key).",
+    "Mutating calls of the orchestrator's API, per saga acted on: action (redrive, refund, cancel) and outcome "
+    "(done, stopped: a RUNNING saga stopped and compensating, refused: not in a state that allows it, not_found, "
+    "replayed: a refund repeated with its Idempotency-Key).",
     ["action", "outcome"],
 )
 for _outcome in ("done", "refused", "not_found"):

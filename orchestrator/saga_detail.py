@@ -2,8 +2,9 @@
 
 Steps and attempts are derived from the history rows, which the engine writes for every transition: a task's
 run begins with TaskScheduled (or ReconcileScheduled) and ends with TaskSucceeded, TaskFailed or TaskTimedOut
-(Reconcile*), or TaskCancelled when an operator stopped the saga while it waited, matched by command id; a command sent afresh after Command.Expired (CommandReissued) continues
-its run. Consecutive runs of one state in one lane are one step with several attempts.
+(Reconcile*), or TaskCancelled when an operator stopped the saga while it waited, matched by command id; a
+command sent afresh after Command.Expired (CommandReissued) continues its run. Consecutive runs of one state in
+one lane are one step with several attempts.
 """
 
 from datetime import datetime

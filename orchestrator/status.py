@@ -58,6 +58,7 @@ _ENDS = {
     "TaskTimedOut": "timed_out",
     "ReconcileFailed": "failed",
     "ReconcileTimedOut": "timed_out",
+    "TaskCancelled": "cancelled",
 }
 
 
