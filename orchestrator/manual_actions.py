@@ -5,8 +5,14 @@ runner like any other; ``settle`` finds the id here and records the outcome in t
 (ManualRefundSucceeded or ManualRefundFailed) instead of letting the engine take it for a stale reply, so the
 workflow's state never changes by it. Everything here runs in the caller's transaction, after the saga's row
 is locked (orchestrator/runner.py ``lock_saga``).
+
+A failure that says nothing of what Stripe did (a transient error: the answer lost after Stripe refunded, the
+payment service's database gone before it recorded the refund, Stripe down or throttling) is no outcome: the
+refund is asked again, under a new command id and the same Stripe Idempotency-Key, which refunds at most once
+and answers with the refund if one was made, up to ``MAX_ASKS`` times; only then is it recorded as failed.
 """
 
+import logging
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -14,13 +20,45 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter
 
+from contracts.payment import RefundPayment
+from contracts.registry import BY_NAME
 from orchestrator import refund_policy
 from orchestrator.state import ReplyReceived
+from plumbing import outbox
+from plumbing.envelope import Envelope, new_id
+from plumbing.errors import (
+    DB_CONNECTION,
+    DB_DEADLOCK,
+    DB_LOCK_TIMEOUT,
+    DB_SERIALIZATION,
+    DB_TOO_MANY_CONNECTIONS,
+    SERVICE_THROTTLED,
+    SERVICE_UNAVAILABLE,
+)
 
 #: History events of a manual refund: the audit entry when asked, then its outcome when the reply comes.
 REFUND_REQUESTED = "ManualRefundRequested"
 REFUND_SUCCEEDED = "ManualRefundSucceeded"
 REFUND_FAILED = "ManualRefundFailed"
+
+#: Failures after which the refund may or may not exist at Stripe (payment's errors.from_stripe and the
+#: database's transient names): asked again under the same Idempotency-Key rather than recorded as failed.
+OUTCOME_UNKNOWN = frozenset(
+    {
+        "Service.ConnectionError",
+        SERVICE_UNAVAILABLE,
+        SERVICE_THROTTLED,
+        DB_CONNECTION,
+        DB_DEADLOCK,
+        DB_LOCK_TIMEOUT,
+        DB_SERIALIZATION,
+        DB_TOO_MANY_CONNECTIONS,
+    }
+)
+#: How many times one manual refund is sent in all before a transient failure is recorded as its outcome.
+MAX_ASKS = 6
+_COMMAND = BY_NAME[RefundPayment.__name__]
+log = logging.getLogger(__name__)
 
 MANUAL_REFUNDS = Counter(
     "orderflow_manual_refunds_total",
@@ -89,6 +127,9 @@ async def settle(conn: asyncpg.Connection, order_id: str, reply: ReplyReceived, 
     if row["outcome"] != "pending":
         return True
     error, cause = (reply.error.Error, reply.error.Cause) if reply.error else (None, None)
+    if not reply.ok and error in OUTCOME_UNKNOWN and row["request"].get("asks", 1) < MAX_ASKS:
+        await _ask_again(conn, order_id, reply.commandId, row["request_key"], row["request"])
+        return True
     verdict = refund_policy.settled(reply.ok, reply.result, error, cause)
     outcome = "succeeded" if verdict.succeeded else "failed"
     result = {
@@ -130,3 +171,39 @@ async def settle(conn: asyncpg.Connection, order_id: str, reply: ReplyReceived, 
     )
     MANUAL_REFUNDS.labels(outcome).inc()
     return True
+
+
+async def _ask_again(
+    conn: asyncpg.Connection, order_id: str, command_id: str, request_key: str, request: dict[str, Any]
+) -> None:
+    """Send the refund ``command_id`` asked for again, as a new command with the same Stripe Idempotency-Key;
+    the action's row follows the new command id (the old one's reply has come), its request counts the asks."""
+    from orchestrator.api_refund import idempotency_key  # the API's module imports this one
+    from orchestrator.runner import REPLY_KEY
+
+    state = await conn.fetchval("SELECT state FROM saga WHERE order_id = $1", order_id)
+    charge = refund_policy.charge_of(state or {})
+    again = new_id()
+    asks = request.get("asks", 1) + 1
+    await conn.execute(
+        "UPDATE saga_manual_action SET command_id = $2, request = $3::jsonb WHERE command_id = $1",
+        command_id,
+        again,
+        {**request, "asks": asks},
+    )
+    asked = request.get("amount")
+    command = RefundPayment(
+        orderId=order_id,
+        paymentIntentId=charge.paymentIntentId if charge is not None else None,
+        amount=None if asked is None else Decimal(str(asked)),
+        reason=request.get("reason") or "",
+        idempotencyKey=idempotency_key(order_id, request_key),
+    )
+    envelope = Envelope(messageId=again, type=_COMMAND.model.__name__, correlationId=order_id, replyTo=REPLY_KEY)
+    await outbox.enqueue(
+        conn, exchange=_COMMAND.exchange, routing_key=_COMMAND.routing_key, envelope=envelope, payload=command
+    )
+    log.warning(
+        "manual refund's outcome unknown; asked again under its Idempotency-Key",
+        extra={"fields": {"orderId": order_id, "requestKey": request_key, "asks": asks, "commandId": again}},
+    )
