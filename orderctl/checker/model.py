@@ -12,6 +12,8 @@ FAILED_CRITICAL = "FAILED_CRITICAL"
 #: The cancellation workflow's statuses (orchestrator/cancellation.json).
 CANCELLED_BY_CUSTOMER, CANCELLATION_FAILED = "CANCELLED_BY_CUSTOMER", "CANCELLATION_FAILED"
 CANCELLATION_ENDS = frozenset({CANCELLED_BY_CUSTOMER, CANCELLATION_FAILED})
+#: Every status a cancellation saga is counted by in the figures.
+CANCELLATION_STATUSES = ("CANCELLED_BY_CUSTOMER", "CANCELLATION_FAILED", "RUNNING")
 #: Stripe refunds that moved money or will.
 REFUND_COUNTED = ("succeeded", "pending", "requires_action")
 #: PaymentIntent statuses that may still take money: an authorization to capture, or an attempt we could
@@ -51,6 +53,8 @@ class Refund:
     id: str
     amount: int
     status: str
+    #: Made by the payment service: its metadata names the order (one made at Stripe's dashboard names none).
+    ours: bool = True
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ class Saga:
     currency: str | None = None
     #: The status of the order's cancellation saga (the cancellation workflow), if a CancelOrder started one.
     cancellation: str | None = None
+    #: The cancellation saga's own facts: its NotifyCancellation failed (caught), the refund it recorded
+    #: ($.refund.refundId), the error it ended with (a CANCELLATION_FAILED's).
+    cancellation_notification_error: bool = False
+    cancellation_refund_id: str | None = None
+    cancellation_error: str | None = None
 
     @property
     def refunded_by_hand(self) -> bool:
@@ -124,6 +133,10 @@ class Snapshot:
     notifications: dict[str, dict[str, str]]
     #: The payment provider's PaymentIntents of every order that had ended when it was read; None: not read.
     provider: dict[str, list[Intent]] | None = None
+    #: The cancellation notices (notification kind 'cancellation'), by order and channel.
+    cancellation_notices: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Customer service's manual refunds (saga_manual_action rows, action 'refund'), by order, oldest first.
+    manual_refunds: dict[str, list[asyncpg.Record]] = field(default_factory=dict)
 
     def settled(self) -> Iterator[tuple[str, Saga]]:
         """Orders whose saga has ended: the ones whose effects are final."""

@@ -50,6 +50,11 @@ def search_query(order_id: str) -> str:
     return f"metadata['orderId']:'{escaped}'"
 
 
+def _ours(refund: Any) -> bool:
+    """The payment service made it: it sets the order's id in every refund's metadata."""
+    return bool(refund.metadata and refund.metadata.to_dict().get("orderId"))
+
+
 def _intent(pi: Any, refunds: list[Refund]) -> Intent:
     return Intent(
         id=pi.id,
@@ -97,7 +102,7 @@ class ProviderReader:
         found: list[Refund] = []
         for _ in range(MAX_PAGES):
             page = await self._call(client.v1.refunds.list_async, params)
-            found.extend(Refund(r.id, r.amount, r.status or "") for r in page.data)
+            found.extend(Refund(r.id, r.amount, r.status or "", ours=_ours(r)) for r in page.data)
             if not page.has_more or not page.data:
                 return found
             params = {**params, "starting_after": page.data[-1].id}

@@ -10,7 +10,16 @@ from orchestrator import definition
 from orchestrator.cancellation import CANCELLATION_WORKFLOW
 from orchestrator.definition import FailState, ParallelState, SucceedState, TaskState, Workflow
 from orchestrator.state import RUNNING
-from orderctl.checker.model import REFUND_COUNTED, CheckError, Report, Saga, Snapshot, Violation
+from orderctl.checker.model import (
+    CANCELLATION_FAILED,
+    CANCELLATION_STATUSES,
+    REFUND_COUNTED,
+    CheckError,
+    Report,
+    Saga,
+    Snapshot,
+    Violation,
+)
 from orderctl.checker.provider import LOCAL_API_KEY, ProviderConfig, read_provider
 from orderctl.checker.rules import PROVIDER_RULES, RULES
 from orderctl.config import CtlSettings
@@ -58,8 +67,12 @@ async def _read(url: str, queries: dict[str, tuple[Any, ...]]) -> dict[str, list
 
 _SAGAS = """SELECT order_id, status, coalesce(workflow_name, 'order') AS workflow, subject_order_id,
     coalesce(jsonb_typeof(state #> '{main,data,notificationError}'), 'null') <> 'null' AS notification_error,
-    state #>> '{main,data,inventory,amount}' AS amount, state #>> '{main,data,inventory,currency}' AS currency
+    state #>> '{main,data,inventory,amount}' AS amount, state #>> '{main,data,inventory,currency}' AS currency,
+    state #>> '{main,data,refund,refundId}' AS refund_id,
+    coalesce(state #>> '{error,Error}', state #>> '{main,error,Error}', state #>> '{main,data,error,Error}') AS error
     FROM saga"""
+_MANUAL_REFUNDS = """SELECT order_id, request_key, command_id, request, amount, outcome, result FROM saga_manual_action
+    WHERE action = 'refund' ORDER BY requested_at, command_id"""
 _HISTORY = """SELECT order_id, event, lane, state, detail FROM saga_history
     WHERE event IN ('ExecutionSucceeded', 'ExecutionFailed', 'ExecutionRedriven', 'ManualRefundRequested')
        OR (event IN ('TaskScheduled', 'TaskSucceeded') AND state = ANY($1::text[]))
@@ -109,7 +122,10 @@ async def snapshot(
     first and last, the others in between (see above)."""
     terminal = terminal_statuses(workflow)
     steps = sorted(compensation_steps(workflow.States))
-    first = await _read(settings.database_url("orchestrator"), {"sagas": (_SAGAS,), "history": (_HISTORY, steps)})
+    first = await _read(
+        settings.database_url("orchestrator"),
+        {"sagas": (_SAGAS,), "history": (_HISTORY, steps), "manual": (_MANUAL_REFUNDS,)},
+    )
     inventory = await _read(
         settings.database_url("inventory"),
         {"products": (_PRODUCTS,), "reservations": ("SELECT order_id, status FROM reservation",)},
@@ -124,8 +140,8 @@ async def snapshot(
     orders = await _read(settings.database_url("orders"), {"records": ("SELECT order_id, status FROM order_record",)})
     notify = await _read(
         settings.database_url("notify"),
-        # The confirmation: what the order workflow sends (a cancellation notice is the cancellation's own).
-        {"rows": ("SELECT order_id, channel, status FROM notification WHERE kind = 'confirmation'",)},
+        # The confirmation is what the order workflow sends; a cancellation notice is the cancellation's own.
+        {"rows": ("SELECT order_id, kind, channel, status FROM notification",)},
     )
     intents = None
     if provider is not None:  # only ended orders are judged: the others' intents may still change
@@ -136,12 +152,12 @@ async def snapshot(
     before = {r["order_id"]: r for r in first["sagas"]}
     sagas: dict[str, Saga] = {}
     # A cancellation saga is its order's: read as the order's cancellation status, judged with the order.
-    cancellations = {}
+    cancellations: dict[str, asyncpg.Record | None] = {}
     for row in second["sagas"]:
         if row["workflow"] == CANCELLATION_WORKFLOW:
             earlier = before.get(row["order_id"])
             moved = earlier is None or earlier["status"] != row["status"]
-            cancellations[row["subject_order_id"]] = RUNNING if moved else row["status"]
+            cancellations[row["subject_order_id"]] = None if moved else earlier
             continue
         earlier = before.get(row["order_id"])
         if earlier is None:
@@ -154,9 +170,19 @@ async def snapshot(
             sagas[row["order_id"]] = Saga(
                 row["status"], earlier["notification_error"], amount_minor=amount_minor, currency=currency
             )
-    for order_id, status in cancellations.items():
-        if order_id in sagas:
-            sagas[order_id].cancellation = status
+    for order_id, cancelling in cancellations.items():
+        if (saga := sagas.get(order_id)) is None:
+            continue
+        if cancelling is None:  # started or moved while being read: running
+            saga.cancellation = RUNNING
+            continue
+        saga.cancellation = cancelling["status"]
+        saga.cancellation_notification_error = cancelling["notification_error"]
+        saga.cancellation_refund_id = cancelling["refund_id"]
+        saga.cancellation_error = cancelling["error"]
+    manual: dict[str, list[asyncpg.Record]] = defaultdict(list)
+    for r in first["manual"]:
+        manual[r["order_id"]].append(r)
     for h in first["history"]:
         if (saga := sagas.get(h["order_id"])) is not None:
             saga.history.append((h["event"], h["lane"], h["state"], h["detail"]))
@@ -168,8 +194,9 @@ async def snapshot(
     for r in payment["refunds"]:
         refunds[r["order_id"]].append(r)
     notifications: dict[str, dict[str, str]] = defaultdict(dict)
+    notices: dict[str, dict[str, str]] = defaultdict(dict)
     for r in notify["rows"]:
-        notifications[r["order_id"]][r["channel"]] = r["status"]
+        (notices if r["kind"] == "cancellation" else notifications)[r["order_id"]][r["channel"]] = r["status"]
     return Snapshot(
         allow_running=allow_running,
         terminal=terminal,
@@ -181,6 +208,8 @@ async def snapshot(
         records={r["order_id"]: r["status"] for r in orders["records"]},
         notifications=dict(notifications),
         provider=intents,
+        cancellation_notices=dict(notices),
+        manual_refunds=dict(manual),
     )
 
 
@@ -207,6 +236,7 @@ def figures(snap: Snapshot) -> dict[str, int]:
         **{f"reservations_{status}": reservations[status] for status in ("active", "committed", "released")},
         "order_records": len(snap.records),
         **{f"emails_{status}": emails[status] for status in ("sent", "sending", "failed")},
+        **cancellation_figures(snap),
     }
     if snap.provider is not None:
         intents = [i for found in snap.provider.values() for i in found]
@@ -217,6 +247,34 @@ def figures(snap: Snapshot) -> dict[str, int]:
         out["provider_refunds"] = sum(len(i.refunds) for i in intents)
         out["provider_refunded_minor"] = sum(i.refunded for i in intents)
     return out
+
+
+def cancellation_figures(snap: Snapshot) -> dict[str, int]:
+    """The cancellations and manual refunds: sagas by status, stock restocked, notices, refunds by outcome."""
+    cancellations = Counter(s.cancellation for s in snap.sagas.values() if s.cancellation is not None)
+    manual = Counter(r["outcome"] for rows in snap.manual_refunds.values() for r in rows)
+    notices = Counter(channels.get("email") for channels in snap.cancellation_notices.values())
+    restocked = sum(statuses.count("restocked") for statuses in snap.reservations.values())
+    return {
+        "cancellations": sum(cancellations.values()),
+        **{f"cancellations_{status.lower()}": cancellations[status] for status in CANCELLATION_STATUSES},
+        "reservations_restocked": restocked,
+        **{f"cancellation_emails_{status}": notices[status] for status in ("sent", "sending", "failed")},
+        "manual_refunds": sum(manual.values()),
+        **{f"manual_refunds_{outcome}": manual[outcome] for outcome in ("succeeded", "failed", "pending")},
+        "orders_refunded_by_hand": sum(1 for rows in snap.manual_refunds.values() if rows),
+    }
+
+
+def critical_notes(snap: Snapshot) -> list[str]:
+    """CANCELLATION_FAILED sagas, as the critical state they are: not a violation (an operator redrives it, as
+    a FAILED_CRITICAL order), but named in the report with the error it ended with, never passed over."""
+    failed = sorted((o, s.cancellation_error) for o, s in snap.sagas.items() if s.cancellation == CANCELLATION_FAILED)
+    if not failed:
+        return []
+    named = ", ".join(f"{order_id} ({error or 'no error recorded'})" for order_id, error in failed[:20])
+    more = f" and {len(failed) - 20} more" if len(failed) > 20 else ""
+    return [f"critical: {len(failed)} cancellation(s) {CANCELLATION_FAILED}, to redrive: {named}{more}"]
 
 
 async def check(
@@ -244,7 +302,7 @@ async def check(
         notes = [f"{note}; skipped: {', '.join(PROVIDER_RULES)}"]
     else:
         notes = [f"payment provider read at {config.where}: the PaymentIntents and refunds of every ended order"]
-    return Report(violations=violations, figures=figures(snap), notes=notes)
+    return Report(violations=violations, figures=figures(snap), notes=notes + critical_notes(snap))
 
 
 def render(report: Report) -> str:

@@ -2,17 +2,21 @@
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from decimal import Decimal, InvalidOperation
 from functools import wraps
+from typing import Any
 
 from orchestrator.state import RUNNING
 from orderctl.checker.model import (
     CANCELLATION_ENDS,
+    CANCELLED_BY_CUSTOMER,
     CONFIRMED,
     FAILED_CRITICAL,
     INTENT_OPEN,
     REFUND_COUNTED,
     Snapshot,
 )
+from services.payment.money import to_minor
 
 #: A rule yields (order id or None, what is wrong) for each violation it finds.
 Rule = Callable[[Snapshot], Iterator[tuple[str | None, str]]]
@@ -269,6 +273,122 @@ def cancellation_ended(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
             yield order_id, f"its cancellation ended {saga.cancellation!r}"
 
 
+@rule("cancellation-effects")
+def cancellation_effects(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """A CANCELLED_BY_CUSTOMER order has every effect of its cancellation, each once: its sold stock restocked
+    (a reservation 'restocked'; none left active or committed is reservation-settled's, and the stock ledger's
+    balance, stock-balance's, so no unit came back twice), its order record VOIDED, and the customer told (a
+    cancellation email sent, or 'sending', unless the cancellation caught a notificationError). Its refund is
+    judged by money-iff-confirmed, provider-money-returned and refunds-accounted. No other order has any of them:
+    no restocked reservation, no cancellation notice. An order whose cancellation runs or failed is not judged:
+    a CANCELLATION_FAILED keeps what it did until its redrive (the report names it as critical)."""
+    for order_id, saga in snap.settled():
+        status = saga.judged()
+        if status is None:
+            continue
+        statuses = snap.reservations.get(order_id, [])
+        restocked = statuses.count("restocked")
+        notice = snap.cancellation_notices.get(order_id, {})
+        if status != CANCELLED_BY_CUSTOMER:
+            if restocked:
+                yield order_id, f"{status} but {restocked} reservation(s) restocked"
+            if notice:
+                yield order_id, f"{status} but a cancellation notice was sent: {sorted(notice)}"
+            continue
+        if not restocked:
+            found = ", ".join(sorted(statuses)) or "none"
+            yield order_id, f"{CANCELLED_BY_CUSTOMER} but no reservation restocked ({found})"
+        record = snap.records.get(order_id)
+        if record not in ("VOIDED", CONFIRMED):  # a CONFIRMED record is order-record's
+            yield order_id, f"{CANCELLED_BY_CUSTOMER} but its order record is {record or 'missing'}, not VOIDED"
+        email = notice.get("email")
+        if not saga.cancellation_notification_error and email not in ("sent", "sending"):
+            yield order_id, f"{CANCELLED_BY_CUSTOMER}, no notificationError, cancellation email {email or 'missing'}"
+
+
+def _amount(value: Any) -> Decimal | None:
+    try:
+        return None if value is None else Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+@rule("manual-refunds")
+def manual_refunds(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """Customer service's refunds, by our records (saga_manual_action; one row per Idempotency-Key, the table's
+    key): each gave back at most what it asked, under a Stripe refund of its own (no two keys recorded one
+    refund id), and together never more than the order was charged (the payment ledger's charge); at quiescence
+    each has its outcome (a pending one's reply never came). The provider's side is refunds-accounted's."""
+    for order_id, rows in sorted(snap.manual_refunds.items()):
+        saga = snap.sagas.get(order_id)
+        if saga is None or saga.status == RUNNING:
+            continue
+        keys_of: dict[str, list[str]] = defaultdict(list)
+        given_total, currency = Decimal(0), None
+        for row in rows:
+            key, request, result = row["request_key"], row["request"] or {}, row["result"] or {}
+            currency = currency or request.get("currency")
+            if row["outcome"] == "pending":
+                if not snap.allow_running:
+                    yield order_id, f"manual refund {key!r} still pending: its reply never came"
+                continue
+            if row["outcome"] != "succeeded":
+                continue
+            given, asked = _amount(result.get("amount")) or _amount(row["amount"]), _amount(request.get("amount"))
+            if given is not None and asked is not None and given > asked:
+                yield order_id, f"manual refund {key!r} gave back {given}, asked {asked}"
+            given_total += given or 0
+            if result.get("refundId"):
+                keys_of[result["refundId"]].append(key)
+        for refund_id, keys in sorted(keys_of.items()):
+            if len(keys) > 1:
+                yield order_id, f"{refund_id} recorded by {len(keys)} Idempotency-Keys: {sorted(keys)}"
+        if currency and given_total and to_minor(given_total, currency) > snap.taken(order_id):
+            yield order_id, f"manual refunds gave back {given_total} {currency}, {snap.taken(order_id)} charged (minor)"
+
+
+@rule("refunds-accounted", provider=True)
+def refunds_accounted(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
+    """A CONFIRMED order refunded by hand or cancelled by its customer: every refund the payment provider holds
+    for it is one a request recorded as its own, a manual refund's (its Idempotency-Key's refund id) or the
+    cancellation's (RefundCancelledOrder's $.refund.refundId), and every recorded one is held. A refund nobody
+    recorded is a key that refunded twice, or a refund whose answer was lost and taken for a failure; a recorded
+    one the provider lacks was never made. A CANCELLED_BY_CUSTOMER order received money there (what its refunds
+    give back must then equal it: provider-money-returned and refunds-within-charge). A refund made outside
+    Orderflow (at Stripe's dashboard: no orderId in its metadata, which the payment service always sets) is no
+    request's here and not judged. Not judged while its cancellation runs or after it failed, or while a manual
+    refund is pending."""
+    for order_id, saga in snap.settled():
+        rows = snap.manual_refunds.get(order_id, [])
+        if saga.status != CONFIRMED or (not rows and saga.cancellation is None):
+            continue
+        if saga.judged() is None or any(r["outcome"] == "pending" for r in rows):
+            continue
+        recorded = {
+            r["result"]["refundId"]: f"manual refund {r['request_key']!r}"
+            for r in rows
+            if r["outcome"] == "succeeded" and (r["result"] or {}).get("refundId")
+        }
+        if saga.cancellation_refund_id:
+            recorded[saga.cancellation_refund_id] = "the cancellation"
+        intents = snap.intents(order_id)
+        held = {r.id: r for intent in intents for r in intent.refunds if r.status in REFUND_COUNTED}
+        for refund_id, refund in sorted(held.items()):
+            if refund_id not in recorded and refund.ours:
+                yield (
+                    order_id,
+                    (
+                        f"{refund_id} ({refund.amount}, {refund.status}) at the provider, recorded by no request: "
+                        "a key refunded twice, or a refund's answer lost and taken for a failure"
+                    ),
+                )
+        for refund_id, who in sorted(recorded.items()):
+            if refund_id not in held:
+                yield order_id, f"{who} recorded {refund_id}, which the provider does not hold"
+        if saga.judged() == CANCELLED_BY_CUSTOMER and not any(i.amount_received for i in intents):
+            yield order_id, f"{CANCELLED_BY_CUSTOMER} but the provider received nothing for it"
+
+
 @rule("effects-without-saga")
 def effects_without_saga(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """Every effect (reservation, payment, refund, order record, notification) belongs to a submitted
@@ -279,6 +399,7 @@ def effects_without_saga(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
         "refund": snap.refunds,
         "order record": snap.records,
         "notification": snap.notifications,
+        "cancellation notice": snap.cancellation_notices,
     }
     orphans: dict[str, list[str]] = defaultdict(list)
     for where, orders in sources.items():

@@ -3,8 +3,13 @@ connections are closed from the server side, database connections are terminated
 delivered twice, and, mixed in (tests/chaos_families.py), the money path's fault families: answers from Stripe,
 SMTP and SMS lost after the effect, delayed past the timeout or reset before the request; services paused past
 their steps' timeouts; commands replayed after their deadline; unpublishable outbox rows and requests; windows
-in which order.confirmed reaches nobody. At quiescence the invariant checker, reading every database and the
-payment provider's own records through the Stripe SDK, must find nothing wrong.
+in which order.confirmed reaches nobody. After their confirmation, a share of the happy orders is cancelled by
+its customer (CancelOrder, some sent twice, some before the order could be CONFIRMED) or refunded in part by
+customer service through the API (some with one Idempotency-Key sent twice, some two at once), some refunded
+then cancelled (tests/chaos_customers.py), all of it under the same faults. At quiescence (every saga, the
+cancellations' too, ended; every manual refund answered) the invariant checker, reading every database and the
+payment provider's own records through the Stripe SDK, must find nothing wrong, and no cancellation may have
+ended CANCELLATION_FAILED: under these faults Stripe refuses no refund, so one would mean its retries ran out.
 
 Run alone: ``scripts/test -m chaos -s`` (it prints its figures). CHAOS_ORDERS sets the number of orders.
 """
@@ -23,6 +28,7 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 import pytest
+from chaos_customers import Customers, afterwards
 from chaos_families import Families, every, untravellable_request
 from harness import (
     ADMIN_DSN,
@@ -49,8 +55,9 @@ UNTRAVELLABLE_EVERY = 50
 SEED = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
 
 
-def plan(n: int, rng: random.Random) -> list[tuple[str, dict]]:
-    """A mix of every path: mostly happy orders, and each failure of the guide."""
+def plan(n: int, rng: random.Random) -> list[tuple[str, dict, str | None]]:
+    """A mix of every path: mostly happy orders, and each failure of the guide; for a share of the happy ones,
+    what follows their confirmation (tests/chaos_customers.py: a cancellation, manual refunds, both)."""
     kinds = ["happy"] * 10 + ["insufficient", "declined", "funds", "record", "notify", "slow", "contended"]
     orders = []
     for i in range(n):
@@ -67,7 +74,7 @@ def plan(n: int, rng: random.Random) -> list[tuple[str, dict]]:
             body = order_body(order_id, [("sku-scarce", 1), ("sku-plenty", 1)])
         else:
             body = order_body(order_id, [("sku-plenty", rng.randint(1, 3))])
-        orders.append((kind, body))
+        orders.append((kind, body, afterwards(rng) if kind == "happy" else None))
     return orders
 
 
@@ -173,8 +180,11 @@ async def publish_with_retry(amqp_url: str, bodies: list[bytes]) -> int:
     return published
 
 
-async def quiescent(stack: Stack, order_ids: list[str]) -> dict[str, int] | None:
-    """All sagas terminal, every outbox empty: nothing more will happen. None while not (or not readable)."""
+async def quiescent(stack: Stack, order_ids: list[str], customers: Customers) -> dict[str, int] | None:
+    """All sagas terminal (the cancellations too), every manual refund answered, every outbox empty, and the
+    customers done: nothing more will happen. None while not (or not readable)."""
+    if not await customers.settled():
+        return None
     try:
         return await _quiescent(stack, order_ids)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -196,12 +206,48 @@ async def _quiescent(stack: Stack, order_ids: list[str]) -> dict[str, int] | Non
                         "SELECT status, count(*) FROM saga WHERE order_id = ANY($1::text[]) GROUP BY status", order_ids
                     )
                     statuses = {r["status"]: r["count"] for r in rows}
+                    # A cancellation saga is keyed "<orderId> cancel"; a manual refund waits for its reply.
+                    backlog += await conn.fetchval("SELECT count(*) FROM saga WHERE status = 'RUNNING'")
+                    backlog += await conn.fetchval("SELECT count(*) FROM saga_manual_action WHERE outcome = 'pending'")
             finally:
                 await conn.close()
     finally:
         await admin.close()
     done = sum(v for k, v in statuses.items() if k != "RUNNING")
     return statuses if done == len(order_ids) and backlog == 0 else None
+
+
+#: The checker's figures the suite prints: the provider's, the cancellations' and the manual refunds'.
+CHECKER_FIGURES = ("provider", "cancellation", "manual_refunds", "orders_refunded_by_hand", "reservations_restocked")
+
+
+async def _orchestrator(stack: Stack) -> asyncpg.Connection:
+    name = database_name(stack.settings.database_url("orchestrator"))
+    return await asyncpg.connect(ADMIN_DSN.rsplit("/", 1)[0] + "/" + name)
+
+
+async def cancellation_statuses(stack: Stack) -> dict[str, int]:
+    conn = await _orchestrator(stack)
+    try:
+        rows = await conn.fetch(
+            "SELECT status, count(*) FROM saga WHERE workflow_name = 'cancellation' GROUP BY status ORDER BY status"
+        )
+    finally:
+        await conn.close()
+    return {r["status"]: r["count"] for r in rows}
+
+
+async def cancelled_orders(stack: Stack) -> list[str]:
+    """The orders whose cancellation ended CANCELLED_BY_CUSTOMER."""
+    conn = await _orchestrator(stack)
+    try:
+        rows = await conn.fetch(
+            """SELECT subject_order_id FROM saga
+               WHERE workflow_name = 'cancellation' AND status = 'CANCELLED_BY_CUSTOMER'"""
+        )
+    finally:
+        await conn.close()
+    return [r["subject_order_id"] for r in rows]
 
 
 async def duplicates_absorbed(stack: Stack) -> int:
@@ -233,8 +279,9 @@ async def test_no_order_lost_or_doubled_under_chaos(chaos_stack) -> None:
     # sku-plenty outlasts every order but the 9999-unit ones; sku-scarce runs out part way.
     await seed(stack, {"sku-plenty": (5_000, "3.00"), "sku-scarce": (25, "7.00")})
     orders = plan(ORDERS, rng)
-    bodies = [json.dumps(body).encode() for _, body in orders]
-    order_ids = [body["orderId"] for _, body in orders]
+    bodies = [json.dumps(body).encode() for _, body, _ in orders]
+    order_ids = [body["orderId"] for _, body, _ in orders]
+    customers = Customers(proxied, rng, {body["orderId"]: then for _, body, then in orders if then})
     untravellable = [untravellable_request(i) for i in range(ORDERS // UNTRAVELLABLE_EVERY)]
     rejections = await RejectionCounter.listening(stack.settings.amqp_url)
 
@@ -242,18 +289,21 @@ async def test_no_order_lost_or_doubled_under_chaos(chaos_stack) -> None:
     families = Families(proxied, rng)
     chaos.start()
     await families.start()
+    await customers.start()
     started = time.monotonic()
     try:
         # Orders arrive over time, each published twice by the client too; now and then one that cannot travel.
+        # Once CONFIRMED, some are cancelled or refunded by hand (tests/chaos_customers.py), under the same faults.
         for i in range(0, len(bodies), 25):
             batch = bodies[i : i + 25]
             odd = untravellable[i // 25 : i // 25 + 1]
             await publish_with_retry(stack.settings.amqp_url, batch + odd + batch)
+            await customers.placed(order_ids[i : i + 25])
             await asyncio.sleep(1.0)
         # The faults go on while the sagas run: until they are all done, or CHAOS_SECONDS have passed.
         with contextlib.suppress(AssertionError):
             await eventually(
-                lambda: quiescent(stack, order_ids),
+                lambda: quiescent(stack, order_ids, customers),
                 timeout=max(0.0, CHAOS_SECONDS - (time.monotonic() - started)),
                 interval=2.0,
                 what="quiescence under chaos",
@@ -261,7 +311,12 @@ async def test_no_order_lost_or_doubled_under_chaos(chaos_stack) -> None:
     finally:
         await chaos.stop()
         await families.stop()
-    statuses = await eventually(lambda: quiescent(stack, order_ids), timeout=600, interval=1.0, what="quiescence")
+    try:
+        statuses = await eventually(
+            lambda: quiescent(stack, order_ids, customers), timeout=600, interval=1.0, what="quiescence"
+        )
+    finally:
+        await customers.stop()
     elapsed = time.monotonic() - started
 
     # Quiescent sagas; what follows an outcome (inventory recording it) may still be in flight.
@@ -281,10 +336,14 @@ async def test_no_order_lost_or_doubled_under_chaos(chaos_stack) -> None:
         lambda: _at_least(rejections.count(), len(untravellable)), timeout=60, what="order.rejected for each"
     )
     await rejections.close()
+    cancellations = await cancellation_statuses(stack)
     figures = {
         "orders": len(orders),
-        **{f"orders {k}": v for k, v in sorted(Counter(kind for kind, _ in orders).items())},
+        **{f"orders {k}": v for k, v in sorted(Counter(kind for kind, _, _ in orders).items())},
         **{f"status {k}": v for k, v in sorted(statuses.items())},
+        **{f"planned after: {k}": v for k, v in sorted(Counter(then for _, _, then in orders if then).items())},
+        **{f"customers: {k}": v for k, v in sorted(customers.figures.items())},
+        **{f"cancellation {k}": v for k, v in sorted(cancellations.items())},
         "kills": chaos.figures["kills"],
         **{k: v for k, v in sorted(chaos.figures.items()) if k.startswith("kills:")},
         "broker connection drops": chaos.figures["broker connection drops"],
@@ -297,13 +356,19 @@ async def test_no_order_lost_or_doubled_under_chaos(chaos_stack) -> None:
         "order.rejected received": rejected,
         "outbox rows parked": parked,
         "violations": len(report.violations),
-        **{f"checker {k}": v for k, v in sorted(report.figures.items()) if k.startswith("provider")},
+        **{f"checker {k}": v for k, v in report.figures.items() if k.startswith(CHECKER_FIGURES)},
         "seconds": round(elapsed),
         "seed": SEED,
     }
     print("\nchaos figures:\n" + "\n".join(f"  {k}: {v}" for k, v in figures.items()))
     await asyncio.to_thread(save_figures, figures)
     assert report.violations == [], "\n".join(str(v) for v in report.violations[:50])
+    # Under chaos Stripe refuses no refund (no card error, and a cancellation asks for what remains): a
+    # CANCELLATION_FAILED means the retries ran out under faults the system claims to survive.
+    assert not [n for n in report.notes if n.startswith("critical")], report.notes
+    assert customers.cancelled_confirmed <= set(await cancelled_orders(stack)), "a CancelOrder started nothing"
+    assert customers.figures["manual refund requests never answered"] == 0, customers.figures
+    assert report.figures["manual_refunds"] == sum(len(keys) for keys in customers.keys_answered.values())
     assert report.figures.get("provider_orders_read") == len(order_ids), report.notes  # the provider was read
     assert figures["kills"] > 0 and figures["broker connection drops"] > 0 and figures["database terminations"] > 0
     assert figures["duplicate deliveries absorbed"] > 0

@@ -251,9 +251,15 @@ class Provider:
             assert declined.error is not None
             return declined.error.payment_intent
 
-    async def refund(self, intent_id: str, amount: int | None = None) -> None:
+    async def refund(
+        self, intent_id: str, amount: int | None = None, *, key: str | None = None, order_id: str | None = None
+    ) -> Any:
+        """A refund as the payment service makes it (``order_id`` in its metadata, ``key`` as its
+        Idempotency-Key), or, without ``order_id``, as one made at Stripe's dashboard."""
         params: dict[str, Any] = {"payment_intent": intent_id} | ({"amount": amount} if amount else {})
-        await self.client.v1.refunds.create_async(params)
+        if order_id is not None:
+            params["metadata"] = {"orderId": order_id, "reason": "test"}
+        return await self.client.v1.refunds.create_async(params, {"idempotency_key": key} if key else None)
 
     async def agreeing(self, orders: dict[str, str]) -> None:
         """What the clean orders left at the provider: the CONFIRMED ones charged, the compensated one refunded
@@ -290,7 +296,7 @@ def rules(report: Report) -> set[str]:
 
 def test_every_rule_has_a_name_and_a_docstring() -> None:
     names = [name for name, _ in RULES]
-    assert len(names) == len(set(names)) == 15
+    assert len(names) == len(set(names)) == 18
     assert all(fn.__doc__ for _, fn in RULES)
 
 
@@ -597,13 +603,21 @@ async def test_a_confirmed_order_with_a_released_reservation_beside_its_committe
 
 
 async def cancelled(
-    world: World, order_id: str, status: str = "CANCELLED_BY_CUSTOMER", *, refunded: bool = True
+    world: World,
+    order_id: str,
+    status: str = "CANCELLED_BY_CUSTOMER",
+    *,
+    refunded: int | None = 1000,
+    refund_id: str | None = None,
+    confirmed: bool = True,
 ) -> None:
-    """A CONFIRMED order, then its cancellation saga as the cancellation workflow leaves it: refunded, restocked,
-    voided and notified when it completed; only refunded when it failed at the restock."""
-    await world.confirmed(order_id)
+    """A CONFIRMED order (unless ``confirmed`` is False: the caller made it), then its cancellation saga as the
+    cancellation workflow leaves it: ``refunded`` (minor units, under ``refund_id``), restocked, voided and
+    notified when it completed; only refunded when it failed at the restock."""
+    if confirmed:
+        await world.confirmed(order_id)
     if refunded:
-        await world.refund(order_id, 1000)
+        await world.refund(order_id, refunded)
     if status == "CANCELLED_BY_CUSTOMER":
         conn = await world.conn("inventory")
         async with conn.transaction():
@@ -615,7 +629,10 @@ async def cancelled(
             "INSERT INTO notification (order_id, kind, channel, status) VALUES ($1, 'cancellation', 'email', 'sent')",
             order_id,
         )
-    state = {"orderId": order_id, "status": status, "main": {"key": "main", "current": None, "data": {}}}
+    data: dict[str, Any] = {"refund": {"refunded": True, "refundId": refund_id}} if refund_id else {}
+    if status != "CANCELLED_BY_CUSTOMER":
+        data["error"] = {"Error": "RefundFailed", "Cause": "refused"}
+    state = {"orderId": order_id, "status": status, "main": {"key": "main", "current": None, "data": data}}
     await world.sql(
         "orchestrator",
         """INSERT INTO saga (order_id, status, state, request_hash, workflow_name)
@@ -629,9 +646,9 @@ async def cancelled(
 async def test_a_cancelled_order_refunded_restocked_and_voided_is_clean(world: World, provider: Provider) -> None:
     orders = await world.clean()
     order_id = f"ORDER#cancel-{uuid.uuid4().hex[:6]}"
-    await cancelled(world, order_id)
     await provider.agreeing(orders)
-    await provider.refund((await provider.intent(order_id, 1000)).id)
+    refund = await provider.refund((await provider.intent(order_id, 1000)).id)
+    await cancelled(world, order_id, refund_id=refund.id)
     report = await check(world.settings, allow_running=False, provider=provider.config)
     assert report.violations == []
 
@@ -640,7 +657,7 @@ async def test_a_failed_cancellation_is_left_to_its_redrive_and_a_completed_one_
     await world.product("sku-a", 20)
     failed, unrefunded = f"ORDER#cf-{uuid.uuid4().hex[:6]}", f"ORDER#cu-{uuid.uuid4().hex[:6]}"
     await cancelled(world, failed, "CANCELLATION_FAILED")
-    await cancelled(world, unrefunded, refunded=False)
+    await cancelled(world, unrefunded, refunded=None)
     report = await check(world.settings, allow_running=False)
     assert {(v.rule, v.order_id) for v in report.violations} == {("money-iff-confirmed", unrefunded)}
 
