@@ -116,9 +116,12 @@ async def record(
 async def settle(conn: asyncpg.Connection, order_id: str, reply: ReplyReceived, *, at: datetime) -> bool:
     """Record the reply to a manual action in the saga's history; False when ``reply`` answers no manual
     action (the engine's to apply). A reply delivered again changes nothing."""
+    # A refund asked again keeps its first command id (the one the API answered and the history names); the
+    # command on its way is the request's askedAs.
     row = await conn.fetchrow(
-        """SELECT action, request_key, request, outcome FROM saga_manual_action
-           WHERE command_id = $1 AND order_id = $2 FOR UPDATE""",
+        """SELECT command_id, action, request_key, request, outcome FROM saga_manual_action
+           WHERE order_id = $2 AND action = 'refund' AND (command_id = $1 OR request ->> 'askedAs' = $1)
+           FOR UPDATE""",
         reply.commandId,
         order_id,
     )
@@ -127,9 +130,12 @@ async def settle(conn: asyncpg.Connection, order_id: str, reply: ReplyReceived, 
     if row["outcome"] != "pending":
         return True
     error, cause = (reply.error.Error, reply.error.Cause) if reply.error else (None, None)
-    if not reply.ok and error in OUTCOME_UNKNOWN and row["request"].get("asks", 1) < MAX_ASKS:
-        await _ask_again(conn, order_id, reply.commandId, row["request_key"], row["request"])
-        return True
+    if not reply.ok and error in OUTCOME_UNKNOWN:
+        if reply.commandId != row["request"].get("askedAs", row["command_id"]):
+            return True  # an earlier ask's failure, answered by a later ask already
+        if row["request"].get("asks", 1) < MAX_ASKS:
+            await _ask_again(conn, order_id, row["command_id"], row["request_key"], row["request"])
+            return True
     verdict = refund_policy.settled(reply.ok, reply.result, error, cause)
     outcome = "succeeded" if verdict.succeeded else "failed"
     result = {
@@ -142,7 +148,7 @@ async def settle(conn: asyncpg.Connection, order_id: str, reply: ReplyReceived, 
         """UPDATE saga_manual_action SET outcome = $2, settled_at = $3, result = $4::jsonb,
                amount = CASE WHEN $2 = 'succeeded' THEN coalesce($5::numeric, amount) ELSE amount END
            WHERE command_id = $1""",
-        reply.commandId,
+        row["command_id"],
         outcome,
         at,
         result,
@@ -157,6 +163,7 @@ async def settle(conn: asyncpg.Connection, order_id: str, reply: ReplyReceived, 
         "currency": request.get("currency"),
         "refundId": verdict.refundId,
         "by": request.get("by"),
+        "asks": request.get("asks", 1),
     }
     await conn.execute(
         """INSERT INTO saga_history (order_id, at, event, state, lane, command_id, error, cause, detail)
@@ -164,7 +171,7 @@ async def settle(conn: asyncpg.Connection, order_id: str, reply: ReplyReceived, 
         order_id,
         at,
         REFUND_SUCCEEDED if verdict.succeeded else REFUND_FAILED,
-        reply.commandId,
+        row["command_id"],
         verdict.error,
         verdict.cause,
         detail,
@@ -176,8 +183,8 @@ async def settle(conn: asyncpg.Connection, order_id: str, reply: ReplyReceived, 
 async def _ask_again(
     conn: asyncpg.Connection, order_id: str, command_id: str, request_key: str, request: dict[str, Any]
 ) -> None:
-    """Send the refund ``command_id`` asked for again, as a new command with the same Stripe Idempotency-Key;
-    the action's row follows the new command id (the old one's reply has come), its request counts the asks."""
+    """Send the refund first asked as ``command_id`` again, as a new command with the same Stripe
+    Idempotency-Key; the action's request names the command on its way (askedAs) and counts the asks."""
     from orchestrator.api_refund import idempotency_key  # the API's module imports this one
     from orchestrator.runner import REPLY_KEY
 
@@ -186,10 +193,9 @@ async def _ask_again(
     again = new_id()
     asks = request.get("asks", 1) + 1
     await conn.execute(
-        "UPDATE saga_manual_action SET command_id = $2, request = $3::jsonb WHERE command_id = $1",
+        "UPDATE saga_manual_action SET request = $2::jsonb WHERE command_id = $1",
         command_id,
-        again,
-        {**request, "asks": asks},
+        {**request, "asks": asks, "askedAs": again},
     )
     asked = request.get("amount")
     command = RefundPayment(

@@ -48,8 +48,10 @@ async def test_a_lost_answer_is_asked_again_under_the_same_key_until_it_answers(
     row = await pool.fetchrow(
         "SELECT command_id, outcome, request FROM saga_manual_action WHERE order_id = $1", order_id
     )
-    assert (row["command_id"], row["outcome"], row["request"]["asks"]) == (again["message_id"], "pending", 2)
-    await reply(pool, runner, order_id, lost(asked["commandId"]))  # the old reply again: the engine's, a stray
+    assert (row["command_id"], row["outcome"]) == (asked["commandId"], "pending"), "the first command id stays"
+    assert (row["request"]["askedAs"], row["request"]["asks"]) == (again["message_id"], 2)
+    # The first ask's failure delivered again (under another message id): answered already, nothing is sent.
+    assert await reply(pool, runner, order_id, lost(asked["commandId"])) is None
     assert len(await sent(pool)) == 1, "asked again once"
 
     done = ReplyReceived(
@@ -61,9 +63,13 @@ async def test_a_lost_answer_is_asked_again_under_the_same_key_until_it_answers(
     outcome = await pool.fetchrow("SELECT outcome, result FROM saga_manual_action WHERE order_id = $1", order_id)
     assert outcome["outcome"] == "succeeded" and outcome["result"]["refundId"] == "re_lost"
     events = await pool.fetch(
-        "SELECT event FROM saga_history WHERE order_id = $1 AND event LIKE 'ManualRefund%' ORDER BY id", order_id
+        "SELECT event, command_id, detail FROM saga_history WHERE order_id = $1 AND event LIKE 'ManualRefund%' "
+        "ORDER BY id",
+        order_id,
     )
     assert [e["event"] for e in events] == ["ManualRefundRequested", "ManualRefundSucceeded"]
+    # Named by the command id the API answered, so `orderctl refund --wait` and the console find it.
+    assert events[1]["command_id"] == asked["commandId"] and events[1]["detail"]["asks"] == 2
 
 
 async def test_asked_max_asks_times_then_recorded_failed_and_a_refusal_at_once(pool: asyncpg.Pool) -> None:
@@ -76,6 +82,7 @@ async def test_asked_max_asks_times_then_recorded_failed_and_a_refusal_at_once(p
         assert await reply(pool, runner, order_id, lost(command_id)) is None
         (again,) = await sent(pool)
         command_id = again["message_id"]
+        assert json.loads(again["body"])["idempotencyKey"] == f"{order_id}-manual-refund-ticket-down"
     await pool.execute("DELETE FROM outbox")
     assert await reply(pool, runner, order_id, lost(command_id)) is None
     assert await sent(pool) == []
