@@ -132,6 +132,20 @@ async def publish_raw(channel: aio_pika.abc.AbstractChannel, body: bytes, **prop
     await exchange.publish(aio_pika.Message(body=body, content_type="application/json", **props), "order.requested")
 
 
+async def place_orders(stack: Stack, bodies: list[dict], timeout: float = 120.0) -> dict[str, dict]:
+    """Publish each order as a client would and wait for every outcome event; the outcomes by order id."""
+    connection = await aio_pika.connect_robust(stack.settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        listener = OutcomeListener()
+        await listener.start(channel)
+        for body in bodies:
+            await publish_raw(channel, json.dumps(body).encode())
+        return await listener.wait_for([body["orderId"] for body in bodies], timeout)
+    finally:
+        await connection.close()
+
+
 async def outcome_of(listener: OutcomeListener, order_id: str, timeout: float = 60.0) -> dict:
     outcomes = await listener.wait_for([order_id], timeout)
     assert order_id in outcomes, f"no outcome for {order_id} within {timeout}s"

@@ -18,11 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
-from harness import Stack, create_api_token, order_body, publish_raw, seed
-
-from orderctl.client import OutcomeListener
+from harness import Stack, create_api_token, order_body, place_orders, seed
 
 pytestmark = pytest.mark.e2e
 
@@ -73,16 +70,7 @@ async def sagas(stack: Stack) -> Sagas:
         f"console-op-{tag}",
     )
     every = [found.confirmed, found.compensated, found.critical]
-    connection = await aio_pika.connect_robust(stack.settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        listener = OutcomeListener()
-        await listener.start(channel)
-        for order_id in every:
-            await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)])).encode())
-        outcomes = await listener.wait_for(every, 120)
-    finally:
-        await connection.close()
+    outcomes = await place_orders(stack, [order_body(order_id, [(sku, 1)]) for order_id in every])
     assert [outcomes[i]["status"] for i in every] == ["CONFIRMED", "FAILED_COMPENSATED", "FAILED_CRITICAL"]
     found.viewer = await create_api_token(stack.settings, "viewer", f"console-viewer-{tag}")
     found.operator = await create_api_token(stack.settings, "operator", found.operator_name)

@@ -12,10 +12,8 @@ from typing import Any
 
 import aio_pika
 import pytest
-from harness import Stack, create_api_token, eventually, order_body, publish_raw, seed, waiting_intent
+from harness import Stack, create_api_token, eventually, order_body, place_orders, publish_raw, seed, waiting_intent
 from test_console import api_get, browser, log_in, saga_status, shot, until  # noqa: F401 (browser: a fixture)
-
-from orderctl.client import OutcomeListener
 
 pytestmark = pytest.mark.e2e
 
@@ -33,16 +31,7 @@ async def test_an_operator_redrives_what_the_list_shows_after_its_dry_run(
     await seed(stack, {sku: (20, "4.00")})
     critical = [f"ORDER#{tag}-k{i}-critical" for i in range(2)]
     confirmed = f"ORDER#{tag}-c1"
-    connection = await aio_pika.connect_robust(stack.settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        listener = OutcomeListener()
-        await listener.start(channel)
-        for order_id in [*critical, confirmed]:
-            await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)])).encode())
-        outcomes = await listener.wait_for([*critical, confirmed], 120)
-    finally:
-        await connection.close()
+    outcomes = await place_orders(stack, [order_body(order_id, [(sku, 1)]) for order_id in [*critical, confirmed]])
     assert [outcomes[i]["status"] for i in critical] == ["FAILED_CRITICAL", "FAILED_CRITICAL"]
     viewer = await create_api_token(stack.settings, "viewer", f"bulk-console-viewer-{tag}")
     operator_name = f"bulk-console-op-{tag}"

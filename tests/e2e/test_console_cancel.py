@@ -3,17 +3,14 @@ stack: an operator cancels a CONFIRMED order, lands on its cancellation saga's p
 CANCELLED_BY_CUSTOMER; a viewer has no button. Skipped without the browser, as tests/e2e/test_console.py."""
 
 import asyncio
-import json
 import urllib.parse
 import uuid
 
-import aio_pika
 import pytest
-from harness import Stack, create_api_token, db, order_body, publish_raw, seed
+from harness import Stack, create_api_token, db, order_body, place_orders, seed
 from test_console import WAIT, By, browser, ec, log_in, until  # noqa: F401  (browser: the module's fixture)
 
 from orchestrator.cancellation import saga_key
-from orderctl.client import OutcomeListener
 
 pytestmark = pytest.mark.e2e
 
@@ -22,15 +19,7 @@ async def confirmed_order(stack: Stack) -> str:
     tag = uuid.uuid4().hex[:10]
     await seed(stack, {f"sku-{tag}": (5, "3.00")})
     order_id = f"ORDER#{tag}-console-cancel"
-    connection = await aio_pika.connect_robust(stack.settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        listener = OutcomeListener()
-        await listener.start(channel)
-        await publish_raw(channel, json.dumps(order_body(order_id, [(f"sku-{tag}", 2)])).encode())
-        outcomes = await listener.wait_for([order_id], 120)
-    finally:
-        await connection.close()
+    outcomes = await place_orders(stack, [order_body(order_id, [(f"sku-{tag}", 2)])])
     assert outcomes[order_id]["status"] == "CONFIRMED"
     return order_id
 

@@ -3,17 +3,13 @@ refunds part of a CONFIRMED order through the form, cancels once at the confirma
 appears in the saga's history. The form's server side is tested over HTTP in test_manual_refund.py."""
 
 import asyncio
-import json
 import urllib.parse
 import uuid
 
-import aio_pika
 import pytest
-from harness import Stack, create_api_token, order_body, publish_raw, seed
+from harness import Stack, create_api_token, order_body, place_orders, seed
 from test_console import browser, log_in, saga_url, shot, until  # noqa: F401 - browser is a fixture
 from test_manual_refund import money_at_stripe
-
-from orderctl.client import OutcomeListener
 
 pytestmark = pytest.mark.e2e
 
@@ -28,15 +24,7 @@ async def confirmed(stack: Stack) -> tuple[str, str]:
     tag = uuid.uuid4().hex[:10]
     await seed(stack, {f"sku-{tag}": (10, "4.00")})
     order_id = f"ORDER#{tag}-console-refund"
-    connection = await aio_pika.connect_robust(stack.settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        listener = OutcomeListener()
-        await listener.start(channel)
-        await publish_raw(channel, json.dumps(order_body(order_id, [(f"sku-{tag}", 2)])).encode())
-        outcomes = await listener.wait_for([order_id], 60)
-    finally:
-        await connection.close()
+    outcomes = await place_orders(stack, [order_body(order_id, [(f"sku-{tag}", 2)])], 60)
     assert outcomes[order_id]["status"] == "CONFIRMED"
     return order_id, await create_api_token(stack.settings, "operator", f"console-refund-{tag}")
 

@@ -16,11 +16,10 @@ import aio_pika
 import aiohttp
 import pytest
 import stripe
-from harness import Stack, create_api_token, db, eventually, metric_value, order_body, publish_raw, seed
+from harness import Stack, create_api_token, db, eventually, metric_value, order_body, place_orders, seed
 from test_saga_api import acall, saga_path
 
 from orderctl.checker import check
-from orderctl.client import OutcomeListener
 
 pytestmark = pytest.mark.e2e
 
@@ -45,17 +44,8 @@ async def orders(stack: Stack) -> Orders:
     await seed(stack, {sku: (50, "15.00")})
     paid = {name: f"ORDER#{tag}-{name}" for name in ("split", "outside", "retry", "cli", "cancelled", "console")}
     declined = f"ORDER#{tag}-declined"
-    connection = await aio_pika.connect_robust(stack.settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        listener = OutcomeListener()
-        await listener.start(channel)
-        for order_id in paid.values():
-            await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 2)])).encode())
-        await publish_raw(channel, json.dumps(order_body(declined, [(sku, 1)], "pm_card_chargeDeclined")).encode())
-        outcomes = await listener.wait_for([*paid.values(), declined], 120)
-    finally:
-        await connection.close()
+    bodies = [order_body(order_id, [(sku, 2)]) for order_id in paid.values()]
+    outcomes = await place_orders(stack, [*bodies, order_body(declined, [(sku, 1)], "pm_card_chargeDeclined")])
     assert {i: o["status"] for i, o in outcomes.items()} == dict.fromkeys(paid.values(), "CONFIRMED") | {
         declined: "FAILED"
     }, {i: (o["status"], o.get("error")) for i, o in outcomes.items()}

@@ -11,11 +11,8 @@ import sys
 import uuid
 from typing import Any
 
-import aio_pika
 import pytest
-from harness import Stack, create_api_token, ctl_env, eventually, order_body, publish_raw, seed
-
-from orderctl.client import OutcomeListener
+from harness import Stack, create_api_token, ctl_env, eventually, order_body, place_orders, seed
 
 pytestmark = pytest.mark.e2e
 
@@ -58,16 +55,7 @@ async def orders(stack: Stack) -> dict[str, Any]:
         "critical": f"ORDER#{tag}-a-critical",
         "redrive": f"ORDER#{tag}-b-critical",
     }
-    connection = await aio_pika.connect_robust(stack.settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        listener = OutcomeListener()
-        await listener.start(channel)
-        for order_id in ids.values():
-            await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)])).encode())
-        outcomes = await listener.wait_for(list(ids.values()), 120)
-    finally:
-        await connection.close()
+    outcomes = await place_orders(stack, [order_body(order_id, [(sku, 1)]) for order_id in ids.values()])
     assert [outcomes[i]["status"] for i in ids.values()] == ["CONFIRMED", "FAILED_CRITICAL", "FAILED_CRITICAL"]
     viewer = await create_api_token(stack.settings, "viewer", f"ctl-viewer-{tag}")
     operator = await create_api_token(stack.settings, "operator", f"ctl-operator-{tag}")

@@ -8,12 +8,9 @@ import subprocess
 import uuid
 from typing import Any
 
-import aio_pika
 import pytest
-from harness import Stack, create_api_token, eventually, order_body, publish_raw, seed
+from harness import Stack, create_api_token, eventually, order_body, place_orders, seed
 from test_orderctl_api import through_api
-
-from orderctl.client import OutcomeListener
 
 pytestmark = pytest.mark.e2e
 
@@ -34,16 +31,7 @@ async def test_bulk_redrive_dry_run_then_for_real(stack: Stack) -> None:
     await seed(stack, {sku: (20, "3.00")})
     critical = [f"ORDER#{tag}-{i}-critical" for i in range(2)]
     confirmed = f"ORDER#{tag}-ok"
-    connection = await aio_pika.connect_robust(stack.settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        listener = OutcomeListener()
-        await listener.start(channel)
-        for order_id in [*critical, confirmed]:
-            await publish_raw(channel, json.dumps(order_body(order_id, [(sku, 1)])).encode())
-        outcomes = await listener.wait_for([*critical, confirmed], 120)
-    finally:
-        await connection.close()
+    outcomes = await place_orders(stack, [order_body(order_id, [(sku, 1)]) for order_id in [*critical, confirmed]])
     assert [outcomes[i]["status"] for i in critical] == ["FAILED_CRITICAL", "FAILED_CRITICAL"]
     viewer = await create_api_token(stack.settings, "viewer", f"bulk-viewer-{tag}")
     operator = await create_api_token(stack.settings, "operator", f"bulk-operator-{tag}")
