@@ -275,7 +275,12 @@ async def cmd_check(settings: CtlSettings, args: argparse.Namespace) -> int:
     from orderctl import checker
 
     try:
-        report = await checker.check(settings, allow_running=args.allow_running, stripe_url=args.stripe_url)
+        report = await checker.check(
+            settings,
+            allow_running=args.allow_running,
+            stripe_url=args.stripe_url,
+            saga_retention_days=args.saga_retention_days,
+        )
     except checker.CheckError as exc:
         raise _check_failed(settings, exc) from exc
     if args.json:

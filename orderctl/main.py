@@ -168,6 +168,13 @@ def parser() -> argparse.ArgumentParser:
         help="read the payment provider at this Stripe-compatible server, e.g. http://127.0.0.1:12111 "
         "(default: STRIPE_API_KEY / STRIPE_API_BASE; neither set: the provider rules are skipped)",
     )
+    c.add_argument(
+        "--saga-retention-days",
+        type=float,
+        default=90.0,
+        help="the orchestrator's SAGA_RETENTION_DAYS: an order whose effects are all older may have lost its"
+        " finished saga to retention, which is no violation (default: 90)",
+    )
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(run=commands.cmd_check)
 

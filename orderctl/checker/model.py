@@ -137,6 +137,10 @@ class Snapshot:
     cancellation_notices: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Customer service's manual refunds (saga_manual_action rows, action 'refund'), by order, oldest first.
     manual_refunds: dict[str, list[asyncpg.Record]] = field(default_factory=dict)
+    #: Orders with an effect younger than the orchestrator's saga retention; None: every order is (no retention).
+    recent: set[str] | None = None
+    #: Products held more than once for one order (reservations active or committed), with how many holds.
+    double_holds: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def settled(self) -> Iterator[tuple[str, Saga]]:
         """Orders whose saga has ended: the ones whose effects are final."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator import definition
+from orchestrator import definition, saga_retention
 from orchestrator.cancellation import CANCELLATION_WORKFLOW
 from orchestrator.definition import FailState, ParallelState, SucceedState, TaskState, Workflow
 from orchestrator.state import RUNNING
@@ -71,6 +71,14 @@ _SAGAS = """SELECT order_id, status, coalesce(workflow_name, 'order') AS workflo
     state #>> '{main,data,refund,refundId}' AS refund_id,
     coalesce(state #>> '{error,Error}', state #>> '{main,error,Error}', state #>> '{main,data,error,Error}') AS error
     FROM saga"""
+#: Whether an effect is younger than the orchestrator's saga retention ($1 days): an older one's saga may have been
+#: purged (orchestrator/saga_retention.py), so its order having no saga is no violation.
+_RECENT = "{} >= now() - $1::float8 * interval '1 day' AS recent"
+#: The same product held twice for one order (two reservations holding it, whether the order's one
+#: reservation or line holds of a definition that reserves line by line).
+_DOUBLE_HOLDS = """SELECT r.order_id, l.product_id, count(*) AS holds FROM reservation r
+    JOIN reservation_line l ON l.reservation_id = r.reservation_id
+    WHERE r.status IN ('active', 'committed') GROUP BY r.order_id, l.product_id HAVING count(*) > 1"""
 _MANUAL_REFUNDS = """SELECT order_id, request_key, command_id, request, amount, outcome, result FROM saga_manual_action
     WHERE action = 'refund' ORDER BY requested_at, command_id"""
 _HISTORY = """SELECT order_id, event, lane, state, detail FROM saga_history
@@ -117,6 +125,7 @@ async def snapshot(
     allow_running: bool,
     workflow: Workflow,
     provider: ProviderConfig | None = None,
+    saga_retention_days: float = saga_retention.DEFAULT_DAYS,
 ) -> Snapshot:
     """Read every database, and the provider's PaymentIntents of every ended order: the orchestrator's
     first and last, the others in between (see above)."""
@@ -126,22 +135,37 @@ async def snapshot(
         settings.database_url("orchestrator"),
         {"sagas": (_SAGAS,), "history": (_HISTORY, steps), "manual": (_MANUAL_REFUNDS,)},
     )
+    days = saga_retention_days
     inventory = await _read(
         settings.database_url("inventory"),
-        {"products": (_PRODUCTS,), "reservations": ("SELECT order_id, status FROM reservation",)},
+        {
+            "products": (_PRODUCTS,),
+            "reservations": (f"SELECT order_id, status, {_RECENT.format('created_at')} FROM reservation", days),
+            "double_holds": (_DOUBLE_HOLDS,),
+        },
     )
     payment = await _read(
         settings.database_url("payment"),
         {
-            "payments": ("SELECT order_id, payment_intent_id, amount_minor, status FROM payment",),
-            "refunds": ("SELECT order_id, refund_id, amount_minor, status FROM refund",),
+            "payments": (
+                "SELECT order_id, payment_intent_id, amount_minor, status, "
+                f"{_RECENT.format('created_at')} FROM payment",
+                days,
+            ),
+            "refunds": (
+                f"SELECT order_id, refund_id, amount_minor, status, {_RECENT.format('created_at')} FROM refund",
+                days,
+            ),
         },
     )
-    orders = await _read(settings.database_url("orders"), {"records": ("SELECT order_id, status FROM order_record",)})
+    orders = await _read(
+        settings.database_url("orders"),
+        {"records": (f"SELECT order_id, status, {_RECENT.format('created_at')} FROM order_record", days)},
+    )
     notify = await _read(
         settings.database_url("notify"),
         # The confirmation is what the order workflow sends; a cancellation notice is the cancellation's own.
-        {"rows": ("SELECT order_id, kind, channel, status FROM notification",)},
+        {"rows": (f"SELECT order_id, kind, channel, status, {_RECENT.format('updated_at')} FROM notification", days)},
     )
     intents = None
     if provider is not None:  # only ended orders are judged: the others' intents may still change
@@ -197,8 +221,20 @@ async def snapshot(
     notices: dict[str, dict[str, str]] = defaultdict(dict)
     for r in notify["rows"]:
         (notices if r["kind"] == "cancellation" else notifications)[r["order_id"]][r["channel"]] = r["status"]
+    recent = {
+        r["order_id"]
+        for rows in (inventory["reservations"], payment["payments"], payment["refunds"])
+        + (orders["records"], notify["rows"])
+        for r in rows
+        if r["recent"]
+    }
+    double_holds: dict[str, dict[str, int]] = defaultdict(dict)
+    for r in inventory["double_holds"]:
+        double_holds[r["order_id"]][r["product_id"]] = r["holds"]
     return Snapshot(
         allow_running=allow_running,
+        recent=recent,
+        double_holds=dict(double_holds),
         terminal=terminal,
         sagas=sagas,
         products={p["product_id"]: p for p in inventory["products"]},
@@ -284,17 +320,23 @@ async def check(
     provider: ProviderConfig | None = None,
     stripe_url: str | None = None,
     workflow: Workflow | None = None,
+    saga_retention_days: float = saga_retention.DEFAULT_DAYS,
 ) -> Report:
     """Run every rule over a fresh snapshot.
 
     ``allow_running`` False means quiescence: a running saga is a violation. The payment provider is read
     through the Stripe SDK: ``provider`` if given, else a Stripe-compatible server at ``stripe_url`` (with
     STRIPE_API_KEY or the local test key), else STRIPE_API_KEY / STRIPE_API_BASE from the settings. With
-    none, the provider rules are skipped and the report's notes say so.
+    none, the provider rules are skipped and the report's notes say so. Effects older than
+    ``saga_retention_days`` may have lost their saga to the orchestrator's retention: no violation.
     """
     config = provider_config(settings, provider=provider, stripe_url=stripe_url)
     snap = await snapshot(
-        settings, allow_running=allow_running, workflow=workflow or definition.load(), provider=config
+        settings,
+        allow_running=allow_running,
+        workflow=workflow or definition.load(),
+        provider=config,
+        saga_retention_days=saga_retention_days,
     )
     violations = [Violation(name, order_id, detail) for name, fn in RULES for order_id, detail in fn(snap)]
     if config is None:

@@ -186,18 +186,18 @@ def stock_balance(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
 @rule("reservation-settled")
 def reservation_settled(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """An ended order holds no active reservation: a CONFIRMED one has its reservation committed
-    (active is allowed while running: the commit follows order.confirmed) and none released (sold stock
-    back on sale), any other has none active or committed (FAILED_CRITICAL may keep an active one: its
-    release did not finish). At most one reservation per order is not released. An order cancelled by its
-    customer holds none (its sold stock restocked); one whose cancellation runs or failed is not judged."""
+        (active is allowed while running: the commit follows order.confirmed) and none released (sold stock
+        back on sale), any other has none active or committed (FAILED_CRITICAL may keep an active one: its
+        release did not finish). No product is held by two reservations of one order (an order holds one reservation,
+    or one per line when its definition reserves line by line). An order cancelled by its
+        customer holds none (its sold stock restocked); one whose cancellation runs or failed is not judged."""
     for order_id, saga in snap.settled():
         status = saga.judged()
         if status is None:
             continue
         statuses = Counter(snap.reservations.get(order_id, []))
-        held = statuses["active"] + statuses["committed"]
-        if held > 1:
-            yield order_id, f"{held} reservations hold stock"
+        for product_id, holds in sorted(snap.double_holds.get(order_id, {}).items()):
+            yield order_id, f"{holds} reservations hold {product_id}"
         if status == CONFIRMED:
             if statuses["released"]:
                 yield order_id, f"CONFIRMED with {statuses['released']} released reservation(s)"
@@ -392,7 +392,8 @@ def refunds_accounted(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
 @rule("effects-without-saga")
 def effects_without_saga(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     """Every effect (reservation, payment, refund, order record, notification) belongs to a submitted
-    order: one with a saga. (The provider is read per saga, so its orphans are not seen here.)"""
+    order: one with a saga. (The provider is read per saga, so its orphans are not seen here.) Effects all older
+    than the orchestrator's saga retention are not judged: their finished saga may have been purged."""
     sources = {
         "reservation": snap.reservations,
         "payment": snap.payments,
@@ -404,7 +405,7 @@ def effects_without_saga(snap: Snapshot) -> Iterator[tuple[str | None, str]]:
     orphans: dict[str, list[str]] = defaultdict(list)
     for where, orders in sources.items():
         for order_id in orders:
-            if order_id not in snap.sagas:
+            if order_id not in snap.sagas and (snap.recent is None or order_id in snap.recent):
                 orphans[order_id].append(where)
     for order_id, where in sorted(orphans.items()):
         yield order_id, "no saga, yet " + ", ".join(where)

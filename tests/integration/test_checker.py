@@ -715,3 +715,49 @@ async def test_the_running_stack_after_real_orders_has_no_violation(stack: Stack
     mine = {order_id for _, order_id, _, _ in orders}
     assert [v for v in report.violations if v.order_id is None or v.order_id in mine] == []
     assert report.figures["orders"] >= 5 and report.figures["provider_succeeded"] >= 3
+
+
+async def test_line_holds_settle_like_one_reservation_and_a_product_held_twice_is_a_violation(world: World) -> None:
+    """A definition that reserves line by line (examples/step-functions) leaves one reservation per product,
+    committed like an order's one reservation; the same product held by two reservations of one order is the
+    double hold reservation-settled looks for."""
+    await world.clean()
+    await world.product("sku-b", 4)
+    lines = new_id()
+    conn = await world.conn("inventory")
+    async with conn.transaction():
+        for sku, quantity in (("sku-a", 1), ("sku-b", 2)):
+            assert await inventory_repo.take_stock(conn, sku, quantity)
+            await inventory_repo.create_reservation(conn, lines, f"{lines}-reserve-{sku}", {sku: quantity})
+    await inventory_repo.commit_reservations(conn, lines)
+    await world.payment(lines, 1500)
+    await world.record(lines)
+    await world.notified(lines)
+    await world.saga(lines, "CONFIRMED", inventory={"amount": "15.00", "currency": "usd"})
+    assert (await check(world.settings)).violations == []
+
+    async with conn.transaction():
+        assert await inventory_repo.take_stock(conn, "sku-a", 1)
+        await inventory_repo.create_reservation(conn, lines, f"{lines}-reserve", {"sku-a": 1})
+    await inventory_repo.commit_reservations(conn, lines)
+    report = await check(world.settings)
+    assert [(v.rule, v.order_id, v.detail) for v in report.violations] == [
+        ("reservation-settled", lines, "2 reservations hold sku-a")
+    ]
+
+
+async def test_effects_older_than_the_saga_retention_need_no_saga(world: World) -> None:
+    """The orchestrator purges finished sagas after SAGA_RETENTION_DAYS while the services keep their rows: an
+    order whose effects are all older than that is not judged; one with a newer effect still is."""
+    await world.clean()
+    purged, ghost = new_id(), new_id()
+    for order_id in (purged, ghost):
+        await world.payment(order_id, 900)
+        await world.record(order_id)
+    for service, table in (("payment", "payment"), ("orders", "order_record")):
+        aged = f"UPDATE {table} SET created_at = now() - interval '100 days' WHERE order_id = $1"
+        await world.sql(service, aged, purged)
+    report = await check(world.settings)
+    assert [(v.rule, v.order_id) for v in report.violations] == [("effects-without-saga", ghost)]
+    report = await check(world.settings, saga_retention_days=365)
+    assert sorted(v.order_id for v in report.violations) == sorted([purged, ghost])
