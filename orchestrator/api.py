@@ -12,7 +12,8 @@ import asyncpg
 from aiohttp import web
 
 from orchestrator import api_tokens, console, openapi
-from orchestrator.api_auth import bearer_auth
+from orchestrator.api_auth import TOKEN_LOOKUP, bearer_auth, with_oidc
+from orchestrator.api_oidc import OidcVerifier
 from orchestrator.api_routes import OPENAPI_DOCUMENT, PUBLIC_PATHS, ROUTES
 from orchestrator.api_sagas import GET_POOL, NUDGE, RUNNER, bad_request_middleware
 from orchestrator.console.session import COOKIE, PREFIX, console_middleware
@@ -22,16 +23,24 @@ from orchestrator.runner import Runner
 PoolGetter = Callable[[], asyncpg.Pool | None]
 
 
-def make_api_app(get_pool: PoolGetter, runner: Runner, *, nudge: Callable[[], None] = lambda: None) -> web.Application:
+def make_api_app(
+    get_pool: PoolGetter,
+    runner: Runner,
+    *,
+    nudge: Callable[[], None] = lambda: None,
+    oidc: OidcVerifier | None = None,
+) -> web.Application:
     """The API application: ``get_pool`` gives the process's pool once it is connected, ``runner`` applies
-    redrives, ``nudge`` wakes the process's outbox relay after one."""
+    redrives, ``nudge`` wakes the process's outbox relay after one; ``oidc``, when configured, verifies JWTs."""
 
-    async def lookup(token: str) -> api_tokens.Principal | None:
+    async def opaque_lookup(token: str) -> api_tokens.Principal | None:
         pool = get_pool()
         if pool is None:
             raise web.HTTPServiceUnavailable(text="the orchestrator is starting", headers={"Retry-After": "2"})
         async with pool.acquire() as conn:
             return await api_tokens.authenticate(conn, token)
+
+    lookup = with_oidc(opaque_lookup, oidc)
 
     app = web.Application(
         client_max_size=64 * 1024,
@@ -45,7 +54,7 @@ def make_api_app(get_pool: PoolGetter, runner: Runner, *, nudge: Callable[[], No
             bad_request_middleware,
         ],
     )
-    app[GET_POOL], app[RUNNER], app[NUDGE] = get_pool, runner, nudge
+    app[GET_POOL], app[RUNNER], app[NUDGE], app[TOKEN_LOOKUP] = get_pool, runner, nudge, lookup
     app[OPENAPI_DOCUMENT] = openapi.document()
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)

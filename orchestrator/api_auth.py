@@ -5,8 +5,10 @@ and health). No token, or one that is malformed, unknown or revoked: 401 with ``
 the same answer for all of those, so nobody learns which tokens exist. Then the role: a route's handler may
 name the role it needs with ``@requires``; otherwise safe methods (GET, HEAD, OPTIONS) need ``viewer`` and
 anything else ``operator``, so a mutating route added later is closed to viewers without anyone remembering
-to say so. A viewer that posts gets 403. Only services in orchestrator/ use this: the domain services serve
-no API, so it lives here rather than in plumbing.
+to say so. A viewer that posts gets 403. With OIDC configured (orchestrator/api_oidc.py) a JWT is accepted
+beside the opaque tokens: one that fails any check gets the same 401; a valid one whose role claim names no
+Orderflow role gets 403 (it is somebody, allowed nothing). Only services in orchestrator/ use this: the domain
+services serve no API, so it lives here rather than in plumbing.
 """
 
 from collections.abc import Awaitable, Callable, Collection
@@ -15,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from orchestrator.api_oidc import KeysUnavailable, NoRole, OidcVerifier, looks_like_jwt
 from orchestrator.api_tokens import Principal, Role
 from orchestrator.problems import problem
 
@@ -22,6 +25,8 @@ from orchestrator.problems import problem
 PRINCIPAL = web.RequestKey("orderflow_principal", Principal)
 #: Looks a presented token up: its principal, or None (malformed, unknown or revoked).
 TokenLookup = Callable[[str], Awaitable[Principal | None]]
+#: The application's lookup (``with_oidc``), for the console's login to check a token as the API does.
+TOKEN_LOOKUP = web.AppKey("orderflow_token_lookup", Callable[[str], Awaitable[Principal | None]])
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REALM = "orderflow"
 
@@ -52,10 +57,45 @@ def principal_of(request: web.Request) -> Principal:
 
 
 def actor(request: web.Request) -> dict[str, Any]:
-    """Who and from where, for an audit entry of a mutating call (issue 17): the token's id, name and role,
-    and the peer address (the ingress controller's, when one is in front)."""
+    """Who and from where, for an audit entry of a mutating call (issue 17): the token's id, name and role (an
+    OIDC JWT: no id, the person's name, and its subject), and the peer address (the ingress controller's, when
+    one is in front)."""
     principal = principal_of(request)
-    return {"tokenId": principal.token_id, "token": principal.name, "role": principal.role, "from": request.remote}
+    return {
+        "tokenId": principal.token_id,
+        "token": principal.name,
+        "role": principal.role,
+        "subject": principal.subject,
+        "from": request.remote,
+    }
+
+
+def with_oidc(opaque: TokenLookup, oidc: OidcVerifier | None) -> TokenLookup:
+    """The lookup of both kinds of token: a JWT goes to ``oidc`` when it is configured, anything else (an
+    ``ofl_`` token, or a JWT without OIDC) to ``opaque``, which refuses what is not its own. Raises NoRole, and
+    503 when the issuer's keys cannot be fetched."""
+    if oidc is None:
+        return opaque
+
+    async def lookup(token: str) -> Principal | None:
+        if not looks_like_jwt(token):
+            return await opaque(token)
+        try:
+            return await oidc.authenticate(token)
+        except KeysUnavailable:
+            raise web.HTTPServiceUnavailable(
+                text="the identity provider's keys cannot be fetched", headers={"Retry-After": "5"}
+            ) from None
+
+    return lookup
+
+
+def no_role(exc: NoRole) -> web.Response:
+    return problem(
+        403,
+        f"the identity {exc.subject!r} is authenticated but has no Orderflow role: its issuer's role claim names "
+        "neither a viewer nor an operator (docs/security.md, OIDC)",
+    )
 
 
 def unauthorized(error: str | None) -> web.Response:
@@ -98,7 +138,10 @@ def bearer_auth(lookup: TokenLookup, *, public: Collection[str] = (), cookie: tu
         token = bearer_token(request) or session_token(request, cookie)
         if token is None:
             return unauthorized(None)
-        principal = await lookup(token)
+        try:
+            principal = await lookup(token)
+        except NoRole as exc:
+            return no_role(exc)
         if principal is None:
             return unauthorized("invalid_token")
         request[PRINCIPAL] = principal

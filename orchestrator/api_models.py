@@ -185,9 +185,10 @@ class RedriveRequest(Model):
 class Actor(BaseModel):
     """Who made a mutating call, and from where: the audit entry's detail."""
 
-    tokenId: int
-    token: str = Field(description="The token's name.")
+    tokenId: int | None = Field(description="The API token's id; null for an OIDC JWT.")
+    token: str = Field(description="The token's name; for an OIDC JWT the person's (preferred_username, email, sub).")
     role: str
+    subject: str | None = Field(None, description="An OIDC JWT's subject (sub); null for an API token.")
     address: str | None = Field(description="The peer's address (an ingress controller's, when one is in front).")
     forwardedFor: str | None = Field(description="The X-Forwarded-For header, if the request carried one.")
 

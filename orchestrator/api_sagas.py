@@ -94,6 +94,7 @@ def audit_actor(request: web.Request) -> dict[str, Any]:
         "tokenId": who["tokenId"],
         "token": who["token"],
         "role": who["role"],
+        "subject": who["subject"],
         "address": who["from"],
         "forwardedFor": request.headers.get("X-Forwarded-For"),
     }

@@ -43,11 +43,13 @@ class UnknownToken(TokenError):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request authenticated as: a token's id, name and role (the "who" of an audit entry)."""
+    """Who a request authenticated as: a token's id, name and role (the "who" of an audit entry). An OIDC JWT
+    (orchestrator/api_oidc.py) has no token id: its subject (``sub``) says who, its name is the person's."""
 
-    token_id: int
+    token_id: int | None
     name: str
     role: Role
+    subject: str | None = None
 
     def may(self, required: Role) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[required]

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from contracts import permissions
 from contracts.orders import CancelOrder, OrderRejected, OrderRequested
 from contracts.registry import MESSAGES
-from orchestrator import cancellation, definition, rejection, saga_retention, stuck
+from orchestrator import api_oidc, cancellation, definition, rejection, saga_retention, stuck
 from orchestrator.api import make_api_app
 from orchestrator.batch import LockSagasInOrder
 from orchestrator.metrics import SAGAS_FAILED_CRITICAL, SAGAS_IN_FLIGHT, TIMERS_PARKED
@@ -62,6 +62,38 @@ class OrchestratorSettings(ProcessSettings):
         "history; at least saga_retention.SAGA_RETENTION_FLOOR_DAYS (7), or the process refuses to start.",
     )
 
+    oidc_issuer: str = Field(
+        "",
+        description="An OIDC issuer (https://...) whose JWTs the API and console accept beside the ofl_ tokens; "
+        "empty: no OIDC (orchestrator/api_oidc.py, docs/security.md).",
+    )
+    oidc_audience: str = Field("", description="The aud a JWT must carry; required with OIDC_ISSUER.")
+    oidc_jwks_url: str = Field(
+        "", description="The issuer's key set; empty: the jwks_uri of {issuer}/.well-known/openid-configuration."
+    )
+    oidc_role_claim: str = Field(
+        api_oidc.DEFAULT_ROLE_CLAIM,
+        description="The claim naming the role, a string or a list of strings (groups); dots reach into objects "
+        "(realm_access.roles).",
+    )
+    oidc_operator_values: str = Field(
+        "operator", description="Comma-separated values of the role claim that make an operator."
+    )
+    oidc_viewer_values: str = Field(
+        "viewer", description="Comma-separated values of the role claim that make a viewer."
+    )
+    oidc_require_nbf: bool = Field(
+        True, description="Refuse a JWT without nbf; false for an issuer whose tokens carry none."
+    )
+    oidc_leeway_seconds: float = Field(
+        api_oidc.DEFAULT_LEEWAY_SECONDS, ge=0, le=120, description="Clock skew allowed on exp and nbf."
+    )
+    oidc_refresh_cooldown_seconds: float = Field(
+        api_oidc.REFRESH_COOLDOWN_SECONDS,
+        ge=0,
+        description="Least time between two fetches of the key set that an unknown key id may force.",
+    )
+
     @field_validator("saga_retention_days")
     @classmethod
     def _retention_covers_redelivery(cls, days: float) -> float:
@@ -73,6 +105,36 @@ class OrchestratorSettings(ProcessSettings):
         if self.api_port == self.http_port:
             raise ValueError(f"API_PORT and HTTP_PORT are both {self.api_port}: the API needs a port of its own")
         return self
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> "OrchestratorSettings":
+        if not self.oidc_issuer:
+            return self
+        if not self.oidc_issuer.startswith(("https://", "http://")):
+            raise ValueError(f"OIDC_ISSUER {self.oidc_issuer!r} is not an http(s) URL")
+        if self.oidc_jwks_url and not self.oidc_jwks_url.startswith(("https://", "http://")):
+            raise ValueError(f"OIDC_JWKS_URL {self.oidc_jwks_url!r} is not an http(s) URL")
+        if not self.oidc_audience:
+            raise ValueError("OIDC_ISSUER is set without OIDC_AUDIENCE: a JWT for any client of the issuer would do")
+        if not api_oidc.split_values(self.oidc_operator_values) | api_oidc.split_values(self.oidc_viewer_values):
+            raise ValueError("OIDC_OPERATOR_VALUES and OIDC_VIEWER_VALUES are both empty: no JWT could have a role")
+        return self
+
+    def oidc(self) -> api_oidc.OidcConfig | None:
+        """The OIDC settings, or None when OIDC_ISSUER is empty."""
+        if not self.oidc_issuer:
+            return None
+        return api_oidc.OidcConfig(
+            issuer=self.oidc_issuer,
+            audience=self.oidc_audience,
+            jwks_url=self.oidc_jwks_url,
+            role_claim=self.oidc_role_claim,
+            operator_values=api_oidc.split_values(self.oidc_operator_values),
+            viewer_values=api_oidc.split_values(self.oidc_viewer_values),
+            require_nbf=self.oidc_require_nbf,
+            leeway_seconds=self.oidc_leeway_seconds,
+            refresh_cooldown_seconds=self.oidc_refresh_cooldown_seconds,
+        )
 
 
 def build(settings: OrchestratorSettings) -> Process:
@@ -195,7 +257,9 @@ def build(settings: OrchestratorSettings) -> Process:
         if process.relay is not None:
             process.relay.nudge()
 
-    api = functools.partial(make_api_app, lambda: process.pool, runner, nudge=nudge_relay)
+    oidc_config = settings.oidc()
+    oidc = api_oidc.OidcVerifier(oidc_config) if oidc_config is not None else None
+    api = functools.partial(make_api_app, lambda: process.pool, runner, nudge=nudge_relay, oidc=oidc)
     process.sites = [Site("api", api, settings.api_host, settings.api_port)]
 
     async def count_stuck() -> None:

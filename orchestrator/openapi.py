@@ -152,7 +152,8 @@ def document() -> dict[str, Any]:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "A token from `orderctl token create`; its role is viewer or operator.",
+                    "description": "A token from `orderctl token create`, or, where OIDC_ISSUER is set, a JWT "
+                    "from that issuer (docs/security.md); its role is viewer or operator.",
                 }
             },
         },

@@ -58,6 +58,13 @@ def local_stripe_address(base: str) -> str | None:
     return None
 
 
+def oidc_not_https(url: str) -> str | None:
+    """Empty means no OIDC; otherwise the issuer's keys, which decide who may act, come only over TLS."""
+    if url and urlsplit(url).scheme != "https":
+        return f"is not https ({url}): the issuer's keys decide who may act, so they come only over TLS"
+    return None
+
+
 def plain_amqp(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme != "amqps":
@@ -83,6 +90,8 @@ PROCESS_RULES: dict[str, tuple[str, Check]] = {
     "stripe_api_key": ("STRIPE_API_KEY", stripe_test_key),
     "stripe_api_base": ("STRIPE_API_BASE", local_stripe_address),
     "stripe_webhook_secret": ("STRIPE_WEBHOOK_SECRET", local_webhook_secret),
+    "oidc_issuer": ("OIDC_ISSUER", oidc_not_https),
+    "oidc_jwks_url": ("OIDC_JWKS_URL", oidc_not_https),
 }
 
 

@@ -4,6 +4,8 @@ The session is the API token itself in a cookie: HttpOnly (no script reads it), 
 site's page sends it), Secure when the console is reached over https, Path=/console/ (the JSON API ignores it:
 orchestrator/api_auth.py takes the cookie only under this prefix). Every request looks the token up as a bearer
 token is, so a revoked token ends its console sessions at once; docs/security.md says why no signed reference.
+With OIDC configured the token may be a JWT from the identity provider (pasted as a token is): the session then
+ends when the JWT expires, as it would for the API.
 
 CSRF: besides SameSite=Strict, every request under /console/ that may change something (login, logout, redrive)
 must carry an Origin header naming this host; browsers send it on every POST.
@@ -15,14 +17,15 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from orchestrator import api_tokens
-from orchestrator.api_auth import SAFE_METHODS
-from orchestrator.api_sagas import GET_POOL
+from orchestrator.api_auth import SAFE_METHODS, TOKEN_LOOKUP
+from orchestrator.api_oidc import NoRole
 from orchestrator.console.html import page, see_other
 from orchestrator.problems import problem
 
 PREFIX = "/console/"
 COOKIE = "orderflow_console"
+#: Browsers keep cookies of about 4096 bytes, name and attributes included: a longer JWT would be dropped silently.
+COOKIE_LIMIT = 3800
 LOGIN_PATH = PREFIX + "login"
 LOGOUT_PATH = PREFIX + "logout"
 #: The console's own pages get no script, style or frame from elsewhere (its assets are its own files).
@@ -81,9 +84,10 @@ def _login_form(next_path: str, error: str | None = None) -> str:
 <form method="post" action="{LOGIN_PATH}" class="login">
 <input type="hidden" name="next" value="{next_path}">
 <label>API token <input type="password" name="token" id="token" autocomplete="off" required
- placeholder="ofl_…"></label>
+ placeholder="ofl_… or a JWT"></label>
 <button type="submit" id="login">Log in</button>
-<p class="hint">A token from <code>orderctl token create --role viewer</code> (or operator).</p>
+<p class="hint">A token from <code>orderctl token create --role viewer</code> (or operator), or, where OIDC is
+configured, an access token from your identity provider.</p>
 </form>"""
 
 
@@ -92,14 +96,18 @@ async def login_page(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    """Check the token as the API would; on success keep it in the session cookie and go where the user was."""
+    """Check the token as the API would (an ``ofl_`` token, or a JWT where OIDC is configured); on success keep it
+    in the session cookie and go where the user was."""
     form = await request.post()
     token, next_path = str(form.get("token", "")).strip(), safe_next(str(form.get("next", "")))
-    pool = request.app[GET_POOL]()
-    if pool is None:
-        raise web.HTTPServiceUnavailable(text="the orchestrator is starting", headers={"Retry-After": "2"})
-    async with pool.acquire() as conn:
-        principal = await api_tokens.authenticate(conn, token)
+    if len(token) > COOKIE_LIMIT:
+        error = f"That token is longer than a browser keeps in a cookie ({COOKIE_LIMIT} characters)."
+        return page("Log in", _login_form(escape(next_path), error), status=400)
+    try:
+        principal = await request.app[TOKEN_LOOKUP](token)
+    except NoRole as exc:
+        error = escape(f"{exc}: ask for the viewer or operator role at your identity provider.")
+        return page("Log in", _login_form(escape(next_path), error), status=403)
     if principal is None:
         error = "That token is not valid: mistyped, revoked or from another installation."
         return page("Log in", _login_form(escape(next_path), error), status=401)
