@@ -26,7 +26,7 @@ PRINCIPAL = web.RequestKey("orderflow_principal", Principal)
 #: Looks a presented token up: its principal, or None (malformed, unknown or revoked).
 TokenLookup = Callable[[str], Awaitable[Principal | None]]
 #: The application's lookup (``with_oidc``), for the console's login to check a token as the API does.
-TOKEN_LOOKUP = web.AppKey("orderflow_token_lookup", Callable[[str], Awaitable[Principal | None]])
+TOKEN_LOOKUP = web.AppKey("orderflow_token_lookup", TokenLookup)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REALM = "orderflow"
 

@@ -3,6 +3,8 @@
 and the console's login used with JWTs as an operator would with their identity provider's tokens.
 """
 
+import asyncio
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -140,7 +142,7 @@ async def test_the_console_login_takes_a_jwt(oidc_stack: Stack, issuer: FakeIssu
             assert response.status == 303, await response.text()
             cookie = response.cookies["orderflow_console"]
             assert cookie["httponly"] and cookie["path"] == "/console/"
-        async with http.get(f"{origin}/console/?q={confirmed}", allow_redirects=False) as response:
+        async with http.get(f"{origin}/console/", params={"q": confirmed}, allow_redirects=False) as response:
             page = await response.text()
             assert response.status == 200, page
             assert 'data-role="viewer">vic · viewer<' in page and "oidc-" in page
@@ -154,3 +156,31 @@ async def test_the_console_login_takes_a_jwt(oidc_stack: Stack, issuer: FakeIssu
             ) as response:
                 assert response.status == expected, await response.text()
                 assert "orderflow_console" not in response.cookies
+
+
+async def test_the_console_login_takes_a_jwt_in_a_browser(
+    oidc_stack: Stack, issuer: FakeIssuer, confirmed: str
+) -> None:
+    """The same in Chromium, as an operator pastes the token their identity provider's CLI printed."""
+    # test_console skips itself (and so this test) where Debian's chromium and chromedriver are missing.
+    console = pytest.importorskip("test_console", reason="the console's browser tests need chromium")
+    operator = jwt_for(issuer, ["orderflow-ops"], sub="0f3a-ada", preferred_username="ada")
+
+    def drive() -> None:
+        options = console.webdriver.ChromeOptions()
+        options.binary_location = console.CHROMIUM
+        for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+            options.add_argument(argument)
+        service = console.webdriver.ChromeService(executable_path=console.CHROMEDRIVER)
+        driver = console.webdriver.Chrome(options=options, service=service)
+        try:
+            console.log_in(driver, oidc_stack, operator, path=f"/console/?q={urllib.parse.quote(confirmed)}")
+            who = driver.find_element(console.By.ID, "who")
+            assert who.get_attribute("data-role") == "operator" and who.text.startswith("ada")
+            assert confirmed in console.listed(driver)
+            cookie = driver.get_cookie("orderflow_console")
+            assert cookie["httpOnly"] is True and cookie["value"] == operator
+        finally:
+            driver.quit()
+
+    await asyncio.to_thread(drive)
