@@ -16,6 +16,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ DEFAULT_LEEWAY_SECONDS = 30.0
 KEYS_LIFESPAN_SECONDS = 300.0
 REFRESH_COOLDOWN_SECONDS = 30.0
 FETCH_TIMEOUT_SECONDS = 5.0
+#: After a failed discovery, JWTs are answered 503 at once for this long instead of each trying again (and
+#: each holding a worker thread for up to FETCH_TIMEOUT_SECONDS while the issuer is down).
+DISCOVERY_RETRY_SECONDS = 5.0
 #: Three base64url segments: what is tried as a JWT (an ``ofl_`` token never has a dot).
 JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+=*\.[A-Za-z0-9_-]+=*\.[A-Za-z0-9_-]*=*$")
 #: A principal's name is a label in audit entries and messages: kept short.
@@ -127,6 +131,7 @@ class OidcVerifier:
         self.config = config
         self._client: jwt.PyJWKClient | None = None
         self._lock = threading.Lock()
+        self._discovery_failed_at = -DISCOVERY_RETRY_SECONDS
 
     def discovered_jwks_url(self) -> str:
         """The issuer's ``jwks_uri``; its discovery document must name the same issuer (OIDC Discovery 1.0, 4.3)."""
@@ -143,9 +148,14 @@ class OidcVerifier:
         """The key set's client, made on first use (discovery is one request, retried until it succeeds once)."""
         with self._lock:
             if self._client is None:
+                if time.monotonic() - self._discovery_failed_at < DISCOVERY_RETRY_SECONDS:
+                    raise KeysUnavailable("the issuer's discovery document could not be read a moment ago")
                 try:
                     jwks_url = self.config.jwks_url or self.discovered_jwks_url()
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, KeysUnavailable) as exc:
+                    self._discovery_failed_at = time.monotonic()
+                    if isinstance(exc, KeysUnavailable):
+                        raise
                     raise KeysUnavailable(f"the issuer's discovery document could not be read: {exc}") from exc
                 self._client = jwt.PyJWKClient(
                     jwks_url,

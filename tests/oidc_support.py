@@ -42,11 +42,18 @@ class FakeIssuer:
     def __init__(self) -> None:
         self.keys: dict[str, Any] = {"k1": new_rsa()}
         self.jwks_fetches = 0
+        self.discovery_requests = 0
+        #: True: the discovery document answers 503 (an issuer that is down).
+        self.discovery_down = False
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 if self.path == "/.well-known/openid-configuration":
+                    issuer.discovery_requests += 1
+                    if issuer.discovery_down:
+                        self.send_error(503)
+                        return
                     body = {"issuer": issuer.url, "jwks_uri": issuer.url + "/jwks"}
                 elif self.path == "/jwks":
                     issuer.jwks_fetches += 1

@@ -9,6 +9,7 @@ import pytest
 from oidc_support import AUDIENCE, FakeIssuer, new_ec, new_rsa
 from pydantic import ValidationError
 
+from orchestrator import api_oidc
 from orchestrator.api_oidc import KeysUnavailable, NoRole, OidcConfig, OidcVerifier, claim_values, looks_like_jwt
 from orchestrator.api_tokens import new_token
 from orchestrator.main import OrchestratorSettings
@@ -158,6 +159,22 @@ def test_an_issuer_that_cannot_be_reached_is_unavailable_not_invalid(issuer: Fak
     bad_jwks = verifier(issuer, jwks_url="http://127.0.0.1:9/jwks")
     with pytest.raises(KeysUnavailable):
         bad_jwks.verify(token)
+
+
+def test_a_failed_discovery_is_not_retried_by_every_request(
+    issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = verifier(issuer)
+    token = issuer.token(orderflow_role="viewer")
+    issuer.discovery_down = True
+    with pytest.raises(KeysUnavailable):
+        check.verify(token)
+    issuer.discovery_down = False
+    with pytest.raises(KeysUnavailable, match="a moment ago"):
+        check.verify(token)
+    assert issuer.discovery_requests == 1
+    monkeypatch.setattr(api_oidc, "DISCOVERY_RETRY_SECONDS", 0.0)
+    assert check.verify(token) is not None and issuer.discovery_requests == 2
 
 
 def test_discovery_must_name_the_same_issuer(issuer: FakeIssuer) -> None:
