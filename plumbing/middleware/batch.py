@@ -1,10 +1,15 @@
 """The stage between receiving and the unit of work, with batching on: the deliveries waiting make one unit.
 
 Each delivery comes here from its own receiving (the broker's callback, one task per delivery) and waits for a
-place: a consumer has at most ``units`` units in hand. A delivery that finds a place free goes at once, with
-whatever else is waiting, up to ``batch_max``: alone when it is alone, so a quiet consumer adds no delay; under
-load a unit is what arrived while the others were in hand (group commit). When a unit ends, its place goes to
-the first delivery still waiting, whose task runs the next unit.
+place: a consumer has at most ``units`` units in their transaction at once. A delivery that finds a place free
+goes at once, with whatever else is waiting, up to ``batch_max``: alone when it is alone, so a quiet consumer
+adds no delay; under load a unit is what arrived while the others were in their transaction (group commit).
+When a unit's transaction has committed (``Unit.committed``, called by Settle), or the unit ended without one,
+its place goes to the first delivery still waiting, whose task runs the next unit. The place covers the
+database's part only: publishing what a unit wrote, waiting for the broker's confirms and acknowledging go on
+beside the next unit's transaction, bounded by the channel's prefetch. (Holding the place until the
+acknowledgement made every unit wait for the previous units' confirms: with two places and a few milliseconds
+per confirm, an open loop of 15 sagas/s backed the orchestrator's queue up, docs/benchmarks.md.)
 
 A unit of several deliveries that fails before its commit (a handler raised, a named error's ``Rollback``, a
 lost connection while draining) was rolled back whole; its deliveries are then run again one unit each, so a
@@ -71,10 +76,18 @@ class Gather:
                 if waiting.error is not None:
                     raise waiting.error
                 return
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._hand_on()
+
         try:
-            await self._run(self._take(waiting))
+            await self._run(self._take(waiting), release)
         finally:
-            self._hand_on()
+            release()
         if waiting.error is not None:
             raise waiting.error
 
@@ -107,25 +120,25 @@ class Gather:
                 return
         self._in_hand -= 1
 
-    async def _run(self, batch: list[_Waiting]) -> None:
+    async def _run(self, batch: list[_Waiting], release: Callable[[], None]) -> None:
         metrics.BATCH_SIZE.labels(self.queue).observe(len(batch))
         try:
             if len(batch) == 1:
-                await self._alone(batch[0])
+                await self._alone(batch[0], release)
                 return
             for waiting in batch:
                 waiting.delivery.batched = True
             try:
-                await self.run_unit(Unit([w.delivery for w in batch]))
+                await self.run_unit(Unit([w.delivery for w in batch], committed=release))
             except Exception as error:
                 log.warning(
                     "a batch failed before its commit; its deliveries one at a time",
                     extra={"fields": {"deliveries": len(batch), "error": f"{type(error).__name__}: {error}"[:300]}},
                 )
                 metrics.BATCH_FALLBACKS.labels(self.queue).inc()
-                for waiting in batch:
+                for waiting in batch:  # one after another, in this unit's place until the last has committed
                     _afresh(waiting.delivery)
-                    await self._alone(waiting)
+                    await self._alone(waiting, release if waiting is batch[-1] else None)
         except BaseException:
             for waiting in batch:
                 if waiting.error is None:
@@ -136,9 +149,9 @@ class Gather:
                 if not waiting.signal.done():
                     waiting.signal.set_result(_DONE)
 
-    async def _alone(self, waiting: _Waiting) -> None:
+    async def _alone(self, waiting: _Waiting, release: Callable[[], None] | None) -> None:
         try:
-            await self.run_unit(Unit([waiting.delivery]))
+            await self.run_unit(Unit([waiting.delivery], committed=release))
         except Exception as error:
             waiting.error = error
 

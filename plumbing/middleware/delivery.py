@@ -120,3 +120,6 @@ class Unit:
     written: list[outbox.Pending] = field(default_factory=list)
     #: What a middleware holds from its ``before`` to its ``after`` (a span, a connection), under its own key.
     held: dict[object, Any] = field(default_factory=dict)
+    #: Called once the unit's transaction committed (plumbing/middleware/batch.py): the stage gives its place to
+    #: the next unit while this one publishes, waits for the confirms and acknowledges.
+    committed: Callable[[], None] | None = None

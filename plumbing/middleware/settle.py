@@ -28,6 +28,8 @@ class Settle(Middleware[Unit]):
         self.on_committed = on_committed
 
     async def after(self, unit: Unit) -> None:
+        if unit.committed is not None:
+            unit.committed()  # the database's part is done: the stage's place goes on to the next unit
         try:
             if self.on_committed is not None and unit.written:
                 await self.on_committed(unit.written)

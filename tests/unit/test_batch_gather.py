@@ -69,6 +69,34 @@ async def test_units_in_hand_are_bounded() -> None:
     assert max(len(unit) for unit in recorder.units) == 2
 
 
+async def test_a_units_place_goes_on_once_it_committed_while_it_still_settles() -> None:
+    """The place bounds the transactions, not the publishing and acknowledging after them: a unit that committed
+    (Unit.committed, called by Settle) lets the next unit run while it still waits for the broker."""
+    commit, confirmed = asyncio.Event(), asyncio.Event()
+    started: list[list[str]] = []
+
+    async def run(unit: Unit) -> None:
+        started.append([d.message for d in unit.deliveries])  # type: ignore[misc]
+        await commit.wait()
+        assert unit.committed is not None
+        unit.committed()  # the commit is done ...
+        unit.committed()  # (a second call changes nothing)
+        await confirmed.wait()  # ... the confirms are not
+
+    gather = Gather(run_unit=run, batch_max=4, units=1, queue="q")
+    tasks = [asyncio.create_task(gather.submit(delivery(name))) for name in "abc"]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert started == [["a"]]  # b and c wait for the one place
+    commit.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert started == [["a"], ["b", "c"]]  # a committed: b and c did not wait for a's confirms
+    assert not any(task.done() for task in tasks)
+    confirmed.set()
+    await asyncio.gather(*tasks)
+
+
 async def test_a_failed_batch_runs_again_one_at_a_time_and_each_error_is_its_own() -> None:
     recorder = Recorder(failing={"c"})
     gather = Gather(run_unit=recorder.run, batch_max=8, units=1, queue="q")
