@@ -50,10 +50,11 @@ class ProcessSettings(BaseSettings):
         "bounds it too). 1: every delivery its own transaction, as before batching (plumbing/middleware/batch.py).",
     )
     batch_units: int = Field(
-        2,
+        1,
         ge=1,
-        description="Batches a consumer has in hand at once (with BATCH_MAX above 1): one commits while another "
-        "waits for its confirms.",
+        description="Batches a consumer has in their transaction at once (with BATCH_MAX above 1). A batch's "
+        "publishing, confirms and acknowledgement go on beside the next batch's transaction, so one is enough: "
+        "under load the deliveries that arrive during a transaction make the next batch.",
     )
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="Larger bodies are dead-lettered unread.")
     delivery_limit: int = Field(
