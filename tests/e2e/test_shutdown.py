@@ -130,8 +130,12 @@ async def test_sigterm_finishes_in_flight_payments_flushes_and_exits_within_drai
     await seed(stack, {sku: (stock, "4.00")})
     orders = [order_body(new_id(), [(sku, 1)]) for _ in range(ORDERS)]
     order_ids = [o["orderId"] for o in orders]
-    # Each payment waits 2.5 s on Stripe: well within the consumers' half of the drain budget.
-    await add_stripe_fault(stack, delay_ms=2500, count=ORDERS, method="POST", path_prefix="/v1/payment_intents")
+    # Each payment's confirmation (POST /v1/payment_intents/{id}/confirm, the call that moves money; the create
+    # before it, POST /v1/payment_intents, goes at once) waits 1.5 s on Stripe: well within the consumers' half of
+    # the drain budget, even when a loaded machine starts the five handlers up to a second apart. (A prefix that
+    # also matched the creates let a fast handler's confirmation take a delay meant for a slow one's create, and
+    # two such waits in a row outlasted the budget.)
+    await add_stripe_fault(stack, delay_ms=1500, count=ORDERS, method="POST", path_prefix="/v1/payment_intents/")
     await submit(stack, orders)
     await wait_for_step(stack, order_ids, "ProcessPayment")
 
