@@ -33,6 +33,16 @@ from orchestrator.state import (
 )
 
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+#: An order as the guide's OrderRequested carries it, and CheckInventory's pricing of it: the start of most
+#: engine tests that drive the order workflow itself.
+ORDER: dict[str, Any] = {
+    "orderId": "ORDER#1",
+    "customer": {"email": "ada@example.com", "phone": None},
+    "items": [{"productId": "456", "quantity": 2}],
+    "currency": "usd",
+    "paymentMethodId": "pm_card_visa",
+}
+PRICED = {"amount": 129.57, "currency": "usd", "lines": []}
 
 
 def given(workflow: Workflow | dict[str, Any] | None = None) -> "SagaDsl":

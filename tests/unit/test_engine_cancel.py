@@ -6,7 +6,7 @@ is refused with nothing changed."""
 from typing import Any
 
 import pytest
-from sagadsl import SagaDsl, given
+from sagadsl import ORDER, PRICED, SagaDsl, given
 
 from orchestrator import definition
 from orchestrator.engine_cancel import (
@@ -21,14 +21,6 @@ from orchestrator.state import Cancelled, TimerFired
 
 pytestmark = pytest.mark.unit
 
-ORDER = {
-    "orderId": "ORDER#1",
-    "customer": {"email": "ada@example.com", "phone": None},
-    "items": [{"productId": "456", "quantity": 2}],
-    "currency": "usd",
-    "paymentMethodId": "pm_card_visa",
-}
-PRICED = {"amount": 129.57, "currency": "usd", "lines": []}
 BY = {"token": "ops-ada", "role": "operator"}
 
 

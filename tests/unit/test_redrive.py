@@ -2,20 +2,11 @@
 without running again what succeeded; run numbers continue; the history shows it."""
 
 import pytest
-from sagadsl import SagaDsl, given
+from sagadsl import ORDER, PRICED, SagaDsl, given
 
 from orchestrator.state import Redriven
 
 pytestmark = pytest.mark.unit
-
-ORDER = {
-    "orderId": "ORDER#1",
-    "customer": {"email": "ada@example.com", "phone": None},
-    "items": [{"productId": "456", "quantity": 2}],
-    "currency": "usd",
-    "paymentMethodId": "pm_card_visa",
-}
-PRICED = {"amount": 129.57, "currency": "usd", "lines": []}
 
 
 def to_critical_after_refund_fails(saga: SagaDsl) -> None:
