@@ -1,12 +1,12 @@
-"""Email through aiosmtplib: host, port, STARTTLS or TLS, and credentials from settings."""
+"""Email through aiosmtplib: the messages, and the names of the errors sending them (smtp_pool sends)."""
 
-import ssl
 from email.message import EmailMessage
 
 import aiosmtplib
 
 from contracts.notify import NotifyCustomer
 from plumbing.errors import SERVICE_THROTTLED, BusinessError, NamedError, TransientError
+from services.notify.smtp_pool import SmtpPool
 
 SERVICE_CONNECTION = "Service.ConnectionError"
 
@@ -51,35 +51,11 @@ def _cancellation(message: EmailMessage, command: NotifyCustomer) -> EmailMessag
     return message
 
 
-async def send(
-    message: EmailMessage,
-    *,
-    host: str,
-    port: int,
-    username: str | None,
-    password: str | None,
-    start_tls: bool,
-    use_tls: bool,
-    timeout: float,
-    local_hostname: str | None = None,
-    tls_context: ssl.SSLContext | None = None,
-) -> None:
-    """Send one message on a connection of its own. ``local_hostname`` (the EHLO name) and ``tls_context`` are
-    worked out once per process by the caller: left to aiosmtplib, each send runs socket.getfqdn (a DNS
-    lookup) and builds an SSL context in a worker thread."""
+async def send(message: EmailMessage, *, pool: SmtpPool) -> None:
+    """Send one message on one of the pool's persistent connections, its errors named as with a connection per
+    email: a refusal by its code (classify_smtp), an unreachable or disconnected server as a connection error."""
     try:
-        await aiosmtplib.send(
-            message,
-            hostname=host,
-            port=port,
-            username=username,
-            password=password,
-            start_tls=start_tls,
-            use_tls=use_tls,
-            timeout=timeout,
-            local_hostname=local_hostname,
-            tls_context=tls_context,
-        )
+        await pool.send(message)
     except aiosmtplib.SMTPResponseException as exc:
         raise classify_smtp(exc.code, exc.message) from exc
     except (

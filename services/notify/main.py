@@ -15,6 +15,7 @@ from plumbing.process import Process, command_process, run_process, service_migr
 from plumbing.settings import ProcessSettings
 from services.notify.handlers import NotifyHandlers
 from services.notify.sms import LoggingSmsProvider, SmsProvider, TwilioSmsProvider
+from services.notify.smtp_pool import SmtpPool, SmtpServer
 
 SERVICE = "notify"
 MIGRATIONS = service_migrations(SERVICE, Path(__file__).parent / "migrations")
@@ -37,6 +38,12 @@ class NotifySettings(ProcessSettings):
     smtp_starttls: bool = False
     smtp_tls: bool = False
     smtp_timeout_seconds: float = 10.0
+    smtp_pool_size: int = Field(
+        4,
+        ge=1,
+        description="Persistent SMTP connections, each opened when first needed and reused for later messages; "
+        "a send waits for a free one.",
+    )
     smtp_local_hostname: str | None = Field(None, description="Name sent in EHLO; this host's FQDN when unset.")
     mail_from: str = Field("orders@orderflow.local", description="Sender of confirmation emails.")
     sms_provider: Literal["log", "twilio"] = Field("log", description="log: write SMS to the log (development).")
@@ -59,28 +66,34 @@ def sms_provider(settings: NotifySettings) -> SmsProvider:
     return LoggingSmsProvider()
 
 
+async def smtp_server(settings: NotifySettings) -> SmtpServer:
+    """The SMTP server's settings, the EHLO name and TLS context worked out once per process, not per connection."""
+    return SmtpServer(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        username=settings.smtp_username,
+        password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+        start_tls=settings.smtp_starttls,
+        use_tls=settings.smtp_tls,
+        timeout=settings.smtp_timeout_seconds,
+        local_hostname=settings.smtp_local_hostname or await asyncio.to_thread(socket.getfqdn),
+        tls_context=ssl.create_default_context() if settings.smtp_starttls or settings.smtp_tls else None,
+    )
+
+
 def build(settings: NotifySettings) -> Process:
     process = command_process(SERVICE, settings, {})
-    smtp = {
-        "host": settings.smtp_host,
-        "port": settings.smtp_port,
-        "username": settings.smtp_username,
-        "password": settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-        "start_tls": settings.smtp_starttls,
-        "use_tls": settings.smtp_tls,
-        "timeout": settings.smtp_timeout_seconds,
-        "tls_context": ssl.create_default_context() if settings.smtp_starttls or settings.smtp_tls else None,
-    }
 
     async def wire(proc: Process) -> None:
         # Claims commit on their own connections while each delivery holds one for its transaction: a pool
         # of their own, or PREFETCH deliveries could take every connection and wait on each other for ever.
         claims = await create_pool(settings.database_url, size=settings.prefetch + 1)
-        smtp["local_hostname"] = settings.smtp_local_hostname or await asyncio.to_thread(socket.getfqdn)
         proc.cleanup.append(claims.close)
+        smtp = SmtpPool(await smtp_server(settings), size=settings.smtp_pool_size)
+        proc.cleanup.append(smtp.close)
         sms = sms_provider(settings)
         proc.cleanup.append(sms.close)
-        handlers = NotifyHandlers(pool=claims, sms=sms, smtp=smtp, sender=settings.mail_from)
+        handlers = NotifyHandlers(pool=claims, sms=sms, smtp={"pool": smtp}, sender=settings.mail_from)
         proc.queues[0].routes["NotifyCustomer"] = command_route(NotifyCustomer, handlers.notify_customer)
 
     process.on_start = wire
