@@ -25,12 +25,17 @@ class Outcome:
 
 
 def plain(intent: Any) -> dict[str, Any]:
-    """The SDK's StripeObject (no longer a dict in stripe 16) as a plain dict."""
-    return intent.to_dict() if hasattr(intent, "to_dict") else dict(intent)
+    """The SDK's StripeObject (no longer a dict in stripe 16) as a plain dict of its top-level fields.
+
+    Shallow: nested objects stay as the SDK built them. Only top-level fields are read (:func:`outcome`
+    converts the one nested object it reads), and a recursive copy of an intent cost about 35 µs against
+    under 1 µs for this."""
+    return intent.to_dict(recursive=False) if hasattr(intent, "to_dict") else dict(intent)
 
 
-def outcome(stripe_intent: Any) -> Outcome:
-    intent = plain(stripe_intent)
+def outcome(intent: Any) -> Outcome:
+    """What ``intent`` (the SDK's object, or a dict of it) means for ProcessPayment. Reads its fields in place
+    rather than converting the whole object first."""
     status = intent["status"]
     if status == "succeeded":
         return Outcome(
@@ -42,7 +47,8 @@ def outcome(stripe_intent: Any) -> Outcome:
         )
     if status in WAITING:
         return Outcome()
-    last = intent.get("last_payment_error")
+    raw = intent["last_payment_error"] if "last_payment_error" in intent else None
+    last = plain(raw) if raw is not None else None
     if status == "requires_payment_method" and last:
         return Outcome(error=errors.card_error(last.get("code"), last.get("decline_code"), last.get("message") or ""))
     return Outcome(error=errors.PaymentFailed(f"PaymentIntent {intent['id']} is {status}"))
