@@ -100,7 +100,7 @@ class WebhookDispatcher:
         event["pending_webhooks"] = len(targets)
         if not targets:
             return
-        payload = json.dumps(event, indent=2)
+        payload = json.dumps(event)  # compact: see app._dumps; signed as sent, so the layout is free
         for endpoint in targets:
             delivery = Delivery(event["id"], event["type"], endpoint.id, endpoint.url)
             self.deliveries.append(delivery)
