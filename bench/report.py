@@ -12,7 +12,7 @@ from typing import Any
 from bench import profile
 from bench.floor import Floor
 from bench.profile import ProcessProfile
-from bench.results import Ceiling, RunResults, SagaCost
+from bench.results import Ceiling, RunResults, SagaCost, worst_seconds
 from bench.saturate import SaturationStep, best
 from bench.usage import ProcessUsage, ServerUsage
 
@@ -147,6 +147,12 @@ def results_text(r: RunResults) -> str:
     for p in r.by_path:
         got = ", ".join(f"{status} {n}" for status, n in p.by_status.items())
         lines.append(f"{p.path:<14}{p.expected:<20}{p.sent:>6}  {p.unfinished:>10}  {p.mismatched:>10}  {got}")
+    worst = [w for w in worst_seconds(r.by_second) if w.max > 2 * r.latency.p50]
+    if worst and len(r.by_second) > 5:
+        lines.append(
+            "slowest seconds (by send time, s from the first send: max latency): "
+            + ", ".join(f"{w.second}: {w.max:.3f}" for w in worst)
+        )
     if r.unfinished:
         lines.append(f"UNFINISHED: {r.unfinished} orders had no outcome by the deadline: {', '.join(r.unfinished_ids)}")
     for m in r.mismatches:

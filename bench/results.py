@@ -57,6 +57,36 @@ class Mismatch:
 
 
 @dataclass(frozen=True)
+class SecondLatency:
+    """The orders sent in one second of the run (``second`` counted from the first send) and their latency."""
+
+    second: int
+    sent: int
+    p50: float
+    p99: float
+    max: float
+
+
+def by_send_second(flights: list[Flight]) -> list[SecondLatency]:
+    """Per-second latency by send time, so a burst shows as the seconds it hit rather than as a p99 alone."""
+    first = min((f.sent_at for f in flights), default=0.0)
+    seconds: dict[int, list[float]] = {}
+    for f in flights:
+        if f.latency is not None:
+            seconds.setdefault(int(f.sent_at - first), []).append(f.latency)
+    series = []
+    for second in sorted(seconds):
+        latency = Latency.of(seconds[second])
+        series.append(SecondLatency(second, latency.count, latency.p50, latency.p99, latency.max))
+    return series
+
+
+def worst_seconds(series: list[SecondLatency], top: int = 5) -> list[SecondLatency]:
+    """The seconds whose orders waited longest, slowest first."""
+    return sorted(series, key=lambda s: s.max, reverse=True)[:top]
+
+
+@dataclass(frozen=True)
 class RunResults:
     sent: int
     completed: int
@@ -73,6 +103,8 @@ class RunResults:
     mismatched: int
     mismatches: list[Mismatch]
     steps: list[StepLatency] = field(default_factory=list)
+    by_second: list["SecondLatency"] = field(default_factory=list)
+    """Latency of the orders sent in each second of the run: where a p99 comes from (a steady tail, or bursts)."""
 
     @property
     def ok(self) -> bool:
@@ -105,6 +137,7 @@ def summarize(flights: list[Flight]) -> RunResults:
         by_path=_by_path(flights),
         mismatched=len(mismatches),
         mismatches=mismatches[:LISTED_IDS],
+        by_second=by_send_second(flights),
     )
 
 
