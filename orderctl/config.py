@@ -27,6 +27,10 @@ class ServiceSpec:
     port_offset: int
 
 
+#: The Stripe events the local Stripe server sends payment's webhook endpoint: the ones payment acts on
+#: (services/payment/webhooks.py HANDLED; a test keeps the two and the manifests equal).
+STRIPE_WEBHOOK_EVENTS = ("payment_intent.canceled", "payment_intent.payment_failed", "payment_intent.succeeded")
+
 SERVICES: list[ServiceSpec] = [
     ServiceSpec("orchestrator", "orchestrator", ORCHESTRATOR_MIGRATIONS, 0),
     ServiceSpec("inventory", "services.inventory", INVENTORY_MIGRATIONS, 1),

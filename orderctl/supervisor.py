@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from orderctl.config import SERVICES, CtlSettings
+from orderctl.config import SERVICES, STRIPE_WEBHOOK_EVENTS, CtlSettings
 from plumbing.backoff import PROCESS_RESTART
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,9 @@ def stripe_server_env(settings: CtlSettings) -> dict[str, str]:
         **os.environ,
         "STRIPE_SIM_WEBHOOK_URL": f"http://127.0.0.1:{settings.http_port('payment')}/webhooks/stripe",
         "STRIPE_SIM_WEBHOOK_SECRET": settings.stripe_webhook_secret,
+        # What a production endpoint enables in Stripe's dashboard (docs/operations.md): only the events payment
+        # acts on, so a payment costs one webhook request instead of three (created, charge, succeeded).
+        "STRIPE_SIM_WEBHOOK_EVENTS": ",".join(STRIPE_WEBHOOK_EVENTS),
     }
 
 

@@ -32,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env.get("STRIPE_SIM_WEBHOOK_SECRET"),
         help="signing secret (whsec_...); generated and logged when omitted",
     )
+    parser.add_argument(
+        "--webhook-events",
+        default=env.get("STRIPE_SIM_WEBHOOK_EVENTS", "*"),
+        help="event types the endpoints subscribe to, comma-separated, as a Stripe endpoint's enabled_events "
+        "(default *: every event); env STRIPE_SIM_WEBHOOK_EVENTS",
+    )
     parser.add_argument("--api-version", default=None, help="api_version stamped on events")
     parser.add_argument("--log-level", default=env.get("STRIPE_SIM_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
@@ -45,8 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     endpoints = [(url.strip(), args.webhook_secret) for url in args.webhook_url]
+    events = [e.strip() for e in args.webhook_events.split(",") if e.strip()] or ["*"]
     try:
-        asyncio.run(serve_forever(args.host, args.port, webhook_endpoints=endpoints, api_version=args.api_version))
+        asyncio.run(
+            serve_forever(
+                args.host, args.port, webhook_endpoints=endpoints, webhook_events=events, api_version=args.api_version
+            )
+        )
     except KeyboardInterrupt:
         pass
 

@@ -325,13 +325,15 @@ async def test_faults(request: web.Request) -> web.Response:
 def make_app(
     *,
     webhook_endpoints: Iterable[tuple[str, str | None]] = (),
+    webhook_events: list[str] | None = None,
     webhook_retry_delays: Iterable[float] = DEFAULT_RETRY_DELAYS,
     api_version: str | None = None,
 ) -> web.Application:
-    """Build a fresh simulator; ``webhook_endpoints`` are ``(url, secret)`` pairs."""
+    """Build a fresh simulator; ``webhook_endpoints`` are ``(url, secret)`` pairs, subscribed to
+    ``webhook_events`` (every event when None), as a Stripe webhook endpoint's ``enabled_events``."""
     webhooks = WebhookDispatcher(retry_delays=tuple(webhook_retry_delays))
     for url, secret in webhook_endpoints:
-        webhooks.add_endpoint(url, secret)
+        webhooks.add_endpoint(url, secret, webhook_events)
     version = api_version or default_api_version()
     store = Store(version, on_event=webhooks.enqueue)
     app = web.Application(middlewares=[stripe_middleware])

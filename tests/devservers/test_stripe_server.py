@@ -640,6 +640,28 @@ async def test_webhooks_from_startup_config_are_retried(receiver: Receiver) -> N
         }
 
 
+@pytest.mark.asyncio
+async def test_startup_endpoint_gets_only_its_enabled_events(receiver: Receiver) -> None:
+    """webhook_events is the endpoint's enabled_events: a payment sends created, charge.succeeded and
+    succeeded, and an endpoint enabled for payment_intent.succeeded gets that one alone."""
+    async with run_stripe_server(
+        webhook_endpoints=[(receiver.url, "whsec_only")], webhook_events=["payment_intent.succeeded"]
+    ) as server:
+        http = stripe.AIOHTTPClient()
+        try:
+            client = stripe.StripeClient(API_KEY, base_addresses={"api": server.url}, http_client=http)
+            pi = await client.v1.payment_intents.create_async(pay())
+            assert pi.status == "succeeded"
+            payload, signature = await receiver.next_event("payment_intent.succeeded")
+        finally:
+            await http.close_async()  # type: ignore[no-untyped-call]
+        assert stripe.Webhook.construct_event(payload, signature, "whsec_only").data.object["id"] == pi.id
+        events = {e["type"] for e in (await sim_state(server))["events"]}
+        assert {"payment_intent.created", "charge.succeeded", "payment_intent.succeeded"} <= events
+        deliveries = (await sim_state(server))["webhook_deliveries"]
+        assert [d["event_type"] for d in deliveries] == ["payment_intent.succeeded"]
+
+
 # ---------------------------------------------------------------- fault injection
 @pytest.mark.asyncio
 async def test_injected_503_is_api_error_and_not_saved_under_the_key(
