@@ -35,3 +35,19 @@ def test_emails_and_phone_numbers_are_masked_but_order_ids_are_not() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "mail to %s", ("grace@example.org",), None)
     log_context.set({})
     assert "grace@" not in JsonFormatter("notify").format(record)
+
+
+def test_the_stripe_sdks_request_lines_only_at_debug() -> None:
+    from plumbing.logs import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging("payment", "INFO")
+        assert not logging.getLogger("stripe").isEnabledFor(logging.INFO)
+        assert logging.getLogger("stripe").isEnabledFor(logging.WARNING)
+        setup_logging("payment", "DEBUG")
+        assert logging.getLogger("stripe").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:], root.level = handlers, level
+        logging.getLogger("stripe").setLevel(logging.NOTSET)
