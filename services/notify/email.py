@@ -6,13 +6,19 @@ import aiosmtplib
 
 from contracts.notify import NotifyCustomer
 from plumbing.errors import SERVICE_THROTTLED, BusinessError, NamedError, TransientError
-from services.notify.smtp_pool import SmtpPool
+from services.notify.smtp_pool import SmtpPool, UnansweredMessage
 
 SERVICE_CONNECTION = "Service.ConnectionError"
 
 
 class NotificationError(BusinessError):
     error_name = "NotificationError"
+
+
+class EmailOutcomeUnknown(Exception):
+    """The server took the whole message and its answer was lost: it may have accepted the mail. Not a named
+    error on purpose: the handler records a named error's channel failed (to be sent again), and leaves a crashed
+    one 'sending', an unknown outcome that is never sent again (a duplicate email is the worse fault)."""
 
 
 def sms_text(command: NotifyCustomer) -> str:
@@ -53,9 +59,14 @@ def _cancellation(message: EmailMessage, command: NotifyCustomer) -> EmailMessag
 
 async def send(message: EmailMessage, *, pool: SmtpPool) -> None:
     """Send one message on one of the pool's persistent connections, its errors named as with a connection per
-    email: a refusal by its code (classify_smtp), an unreachable or disconnected server as a connection error."""
+    email: a refusal by its code (classify_smtp), an unreachable or disconnected server as a connection error,
+    but a connection lost after the end of DATA as EmailOutcomeUnknown."""
     try:
         await pool.send(message)
+    except UnansweredMessage as exc:
+        raise EmailOutcomeUnknown(
+            f"the SMTP server may have accepted the mail ({message['Subject']}): {exc.__cause__!r}"
+        ) from exc
     except aiosmtplib.SMTPResponseException as exc:
         raise classify_smtp(exc.code, exc.message) from exc
     except (

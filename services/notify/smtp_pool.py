@@ -8,17 +8,23 @@ The fault model is the message's: nothing of it is on the server until the serve
 nothing is delivered before the end of DATA). A reused connection that turns out dead at or before MAIL FROM
 (the server dropped it while idle, or answered 421) is replaced and the message sent once more on a new
 connection. Once MAIL FROM was accepted, a failure is raised as it came and the message is not sent again by
-the pool: the caller's classification applies, as it did with a connection per email.
+the pool: the caller's classification applies, as it did with a connection per email. But once the whole
+message was written (up to the <CRLF>.<CRLF> ending DATA), a lost connection, a timeout or an unreadable
+answer says nothing about the message: the server may have accepted it and will deliver it. That is raised as
+``UnansweredMessage``, for the caller not to send it again.
 """
 
 import asyncio
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
 import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
+from aiosmtplib.typing import Default
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,13 @@ log = logging.getLogger(__name__)
 QUIT_TIMEOUT_SECONDS = 1.0
 #: 421: the server is closing the connection (its idle timeout, a restart); another connection may be served.
 SERVICE_NOT_AVAILABLE = 421
+#: A line of the message starting with a period gets a second one, so it cannot end DATA (RFC 5321 4.5.2).
+_LEADING_PERIOD = re.compile(rb"(?m)^\.")
+
+
+class UnansweredMessage(Exception):
+    """The whole message was written, then the connection failed before the server answered it: the server may
+    have accepted the message (and will deliver it). Raised from the error as it came."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,16 +60,55 @@ class SmtpServer:
 
 
 class _Client(aiosmtplib.SMTP):
-    """aiosmtplib's client, telling whether the server accepted the current message's MAIL FROM: before that,
-    a failure left nothing of the message on the server. send_message stays aiosmtplib's (SIZE, 8BITMIME,
-    SMTPUTF8, the flattening), so the bytes on the wire are those of a connection per email."""
+    """aiosmtplib's client, telling how far the current message got: whether the server accepted its MAIL FROM
+    (before that, a failure left nothing of the message on the server) and whether the whole message was
+    written (after that, the server may have it). send_message stays aiosmtplib's (SIZE, 8BITMIME, SMTPUTF8,
+    the flattening), so the bytes on the wire are those of a connection per email."""
 
     mail_accepted = False
+    data_written = False
 
     async def mail(self, sender: str, /, **options: Any) -> aiosmtplib.SMTPResponse:
         response = await super().mail(sender, **options)
         self.mail_accepted = True
         return response
+
+    async def data(self, message: str | bytes, /, **options: Any) -> aiosmtplib.SMTPResponse:
+        """aiosmtplib's DATA (SMTP.data, SMTPProtocol.execute_data_command) split at its two answers, to mark
+        the moment the message's end was written: aiosmtplib does both in one call, which cannot tell a
+        connection lost before the 354 (nothing of the message on the server) from one lost after the end of
+        DATA (the message may be accepted). The bytes written are aiosmtplib's."""
+        protocol = self.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        timeout = options.get("timeout", Default.token)
+        if timeout is Default.token:  # what sendmail passes on when no timeout was given: the client's
+            timeout = self.timeout
+        content = message.encode("ascii") if isinstance(message, str) else message
+        content = _LEADING_PERIOD.sub(b"..", normalize_message_line_endings(content)) + b".\r\n"
+        try:
+            start = await protocol.execute_command(b"DATA", timeout=timeout)
+            if start.code != aiosmtplib.SMTPStatus.start_input:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol.write(content)  # raises, writing nothing, when the connection is already closing
+            self.data_written = True
+            response = await protocol.read_response(timeout=timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            self.close()
+            raise
+        if response.code != aiosmtplib.SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
+
+
+def _unanswered(client: _Client, exc: BaseException) -> bool:
+    """After the end of DATA, anything but the server's answer: a lost connection, a timeout (both OSError,
+    as SMTPServerDisconnected and SMTPTimeoutError are), or an answer that could not be read."""
+    if not client.data_written:
+        return False
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return exc.code == aiosmtplib.SMTPStatus.invalid_response
+    return isinstance(exc, OSError)
 
 
 def _found_dead(exc: BaseException) -> bool:
@@ -81,7 +133,8 @@ class SmtpPool:
         """Connections opened so far (for tests and logs)."""
 
     async def send(self, message: EmailMessage) -> None:
-        """Send ``message`` once. Raises aiosmtplib's errors (and OSError) as they came."""
+        """Send ``message`` once. Raises UnansweredMessage when the server may have it, else aiosmtplib's errors
+        (and OSError) as they came."""
         async with self._slots:
             client = self._take_idle()
             if client is not None:
@@ -125,11 +178,13 @@ class SmtpPool:
         return client
 
     async def _send_on(self, client: _Client, message: EmailMessage) -> None:
-        client.mail_accepted = False
+        client.mail_accepted = client.data_written = False
         try:
             await client.send_message(message)
-        except BaseException:  # an error, a timeout or a cancellation: the session's state is unknown
+        except BaseException as exc:  # an error, a timeout or a cancellation: the session's state is unknown
             client.close()
+            if _unanswered(client, exc):
+                raise UnansweredMessage(f"no answer after the end of DATA: {exc!r}") from exc
             raise
         if self._closed:
             client.close()

@@ -1,7 +1,8 @@
 """notify's SMTP pool against a real aiosmtpd server started here: messages share a connection; a connection the
 server dropped, or found dead at MAIL FROM, is replaced and the message delivered once; a failure after MAIL FROM
-is raised as with a connection per email (named by email.send) and nothing is sent again; a pool of k uses at
-most k connections; STARTTLS or TLS and AUTH are done again on every new connection."""
+is raised as with a connection per email (named by email.send) and nothing is sent again, but one after the end
+of DATA is an unknown outcome (EmailOutcomeUnknown); a pool of k uses at most k connections; STARTTLS or TLS and
+AUTH are done again on every new connection."""
 
 import asyncio
 import ssl
@@ -17,7 +18,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from harness import eventually, free_port
 
-from plumbing.errors import TransientError
+from plumbing.errors import NamedError, TransientError
 from services.notify import email
 from services.notify.smtp_pool import SmtpPool, SmtpServer
 
@@ -39,9 +40,12 @@ class Delivered:
 class Recorder:
     """The server's handler: records each message and the connection it came on; ``faults`` maps a phase
     (MAIL, RCPT, DATA) to what the server does there once: "close" drops the connection without answering
-    (at DATA after the message was taken: the answer is lost, the message delivered), "421" answers 421."""
+    (at DATA after the message was taken: the answer is lost, the message delivered), "garbage" answers a line
+    that is no SMTP reply, "554" refuses, "421" answers 421."""
 
     delivered: list[Delivered] = field(default_factory=list)
+    contents: list[bytes] = field(default_factory=list)
+    """Each message as the server took it (its dot-stuffing undone, CRLF line endings)."""
     faults: dict[str, list[str]] = field(default_factory=dict)
     gate_at: int = 0
     """When set, DATA waits until this many messages are in DATA at once (proves concurrent connections)."""
@@ -57,6 +61,10 @@ class Recorder:
             assert server.transport is not None
             server.transport.close()
             return "250 OK"  # written to a closed transport: never seen by the client
+        if fault == "garbage":
+            return "OK, got it"
+        if fault == "554":
+            return "554 5.6.0 message refused"
         return "421 4.4.2 closing connection"
 
     async def handle_MAIL(
@@ -77,6 +85,7 @@ class Recorder:
         login = session.auth_data if isinstance(session.auth_data, bytes) else None
         tls = server.transport is not None and server.transport.get_extra_info("ssl_object") is not None
         self.delivered.append(Delivered(subject[9:], id(server), tls, login))
+        self.contents.append(envelope.original_content or envelope.content)
         if self.gate_at:
             self.in_flight += 1
             if self.in_flight >= self.gate_at:
@@ -249,21 +258,59 @@ async def test_a_fresh_connection_is_not_tried_twice(sink: Sink, pool_of: Callab
     assert sink.subjects() == [] and pool.connects == 1
 
 
-@pytest.mark.parametrize(("phase", "delivered"), [("RCPT", []), ("DATA", ["lost answer"])])
 async def test_a_disconnect_after_mail_from_is_raised_and_not_sent_again(
-    sink: Sink, pool_of: Callable[[int], SmtpPool], phase: str, delivered: list[str]
+    sink: Sink, pool_of: Callable[[int], SmtpPool]
 ) -> None:
     """As with a connection per email: a connection error (the handler records the channel failed); the
     message goes no second time through the pool, and the broken connection is not reused."""
     pool = pool_of(4)
     await email.send(mail("first"), pool=pool)
-    sink.recorder.faults[phase] = ["close"]
+    sink.recorder.faults["RCPT"] = ["close"]
     with pytest.raises(TransientError) as raised:
         await email.send(mail("lost answer"), pool=pool)
     assert raised.value.error_name == email.SERVICE_CONNECTION
-    assert sink.subjects() == ["first", *delivered] and pool.connects == 1
+    assert sink.subjects() == ["first"] and pool.connects == 1
     await email.send(mail("next"), pool=pool)
-    assert sink.subjects() == ["first", *delivered, "next"] and pool.connects == 2
+    assert sink.subjects() == ["first", "next"] and pool.connects == 2
+
+
+@pytest.mark.parametrize("fault", ["close", "garbage"])
+async def test_no_answer_after_the_end_of_data_is_an_unknown_outcome(
+    sink: Sink, pool_of: Callable[[int], SmtpPool], fault: str
+) -> None:
+    """The server took the whole message (and delivers it), then its answer is lost or unreadable: not a
+    connection error, which would have the channel recorded failed and the message sent again, but
+    EmailOutcomeUnknown; the pool does not send it again and does not reuse the connection."""
+    pool = pool_of(4)
+    await email.send(mail("first"), pool=pool)
+    sink.recorder.faults["DATA"] = [fault]
+    with pytest.raises(email.EmailOutcomeUnknown, match="may have accepted the mail"):
+        await email.send(mail("lost answer"), pool=pool)
+    assert sink.subjects() == ["first", "lost answer"] and pool.connects == 1
+    await email.send(mail("next"), pool=pool)
+    assert sink.subjects() == ["first", "lost answer", "next"] and pool.connects == 2
+
+
+@pytest.mark.parametrize(("fault", "error"), [("554", "NotificationError"), ("421", "Service.Throttled")])
+async def test_an_answer_refusing_the_data_is_named_as_before(
+    sink: Sink, pool_of: Callable[[int], SmtpPool], fault: str, error: str
+) -> None:
+    """The server answered the end of DATA: it did not accept the message, so sending it again is safe."""
+    pool = pool_of(4)
+    sink.recorder.faults["DATA"] = [fault]
+    with pytest.raises(NamedError) as raised:
+        await email.send(mail("refused"), pool=pool)
+    assert raised.value.error_name == error
+
+
+async def test_the_message_arrives_as_written(sink: Sink, pool_of: Callable[[int], SmtpPool]) -> None:
+    """DATA is our own (split at its two answers): the server takes exactly aiosmtplib's flattening, its lines
+    starting with a period included (stuffed on the wire, unstuffed by the server)."""
+    message = mail("periods")
+    message.set_content(".a line starting with a period\n.\n..two\nlast line without newline")
+    await email.send(message, pool=pool_of(1))
+    written = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+    assert sink.recorder.contents == [written]
 
 
 async def test_concurrent_sends_use_at_most_the_pool_size(sink: Sink, pool_of: Callable[[int], SmtpPool]) -> None:
