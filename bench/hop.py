@@ -135,17 +135,22 @@ async def drive(in_flight: int, seconds: float, db: bool) -> HopResult:
             raise RuntimeError("the echo process did not start")
         done = 0
         stopping = False
+        drained = asyncio.Event()
 
         async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            nonlocal done
+            nonlocal done, sent
             await side.commit(message.message_id or "")
             done += 1
             if not stopping:
+                sent += 1
                 await side.send(commands)
             await message.ack()
+            if stopping and done == sent:
+                drained.set()
 
         queue = await side.channel.get_queue(replies)
         await queue.consume(on_reply)
+        sent = in_flight
         for _ in range(in_flight):
             await side.send(commands)
         await asyncio.sleep(WARMUP_SECONDS)  # a warm-up of fixed length, not a wait for a condition
@@ -160,6 +165,9 @@ async def drive(in_flight: int, seconds: float, db: bool) -> HopResult:
         after_cpu = {name: cpu_seconds(p) for name, p in processes.items()}
         after_servers = {name: _tree_cpu(roots) for name, roots in servers.items()}
         stopping = True
+        # The steps in flight finish before anything closes, so no handler is cut off mid-publish.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained.wait(), 30)
         cpu = {name: after_cpu[name] - before_cpu[name] for name in processes}
         cpu |= {f"{name} server": after_servers[name] - before_servers[name] for name in servers}
         return HopResult(
