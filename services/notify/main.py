@@ -6,13 +6,16 @@ import ssl
 from pathlib import Path
 from typing import Literal
 
+from aiohttp import web
 from pydantic import Field, SecretStr
 
 from contracts.notify import NotifyCustomer
 from plumbing.commands import command_route
 from plumbing.db import create_pool
+from plumbing.http import SCRAPE_HOOKS
 from plumbing.process import Process, command_process, run_process, service_migrations
 from plumbing.settings import ProcessSettings
+from services.notify import unknown
 from services.notify.handlers import NotifyHandlers
 from services.notify.sms import LoggingSmsProvider, SmsProvider, TwilioSmsProvider
 from services.notify.smtp_pool import SmtpPool, SmtpServer
@@ -52,6 +55,12 @@ class NotifySettings(ProcessSettings):
     twilio_auth_token: SecretStr = SecretStr("")
     sms_from: str = Field("+15005550006", description="Sender number of confirmation SMS.")
     sms_timeout_seconds: float = 10.0
+    notify_unknown_after_seconds: float = Field(
+        unknown.DEFAULT_AFTER_SECONDS,
+        gt=0,
+        description="A channel's row left 'sending' longer than this counts in orderflow_notifications_unknown "
+        "(alert OrderflowNotificationOutcomeUnknown); a younger one may be a send in progress.",
+    )
 
 
 def sms_provider(settings: NotifySettings) -> SmsProvider:
@@ -96,7 +105,13 @@ def build(settings: NotifySettings) -> Process:
         handlers = NotifyHandlers(pool=claims, sms=sms, smtp={"pool": smtp}, sender=settings.mail_from)
         proc.queues[0].routes["NotifyCustomer"] = command_route(NotifyCustomer, handlers.notify_customer)
 
+    def routes(app: web.Application) -> None:
+        # Notifications left 'sending': counted at each scrape on the process's pool, which start() creates.
+        hook = unknown.scrape_hook(lambda: process.pool, after_seconds=settings.notify_unknown_after_seconds)
+        app[SCRAPE_HOOKS].append(hook)
+
     process.on_start = wire
+    process.routes = routes
     return process
 
 
