@@ -21,6 +21,8 @@ from services.payment.webhooks import webhook_route
 SERVICE = "payment"
 #: Stripe retries an undelivered webhook for up to three days: an event id forgotten sooner could apply twice.
 STRIPE_WEBHOOK_RETRY_HOURS = 72.0
+#: The guide's idempotency cache lasts 7 days: a fraud decision is kept at least that long.
+FRAUD_SCREENING_FLOOR_DAYS = 7.0
 MIGRATIONS = service_migrations(SERVICE, Path(__file__).parent / "migrations")
 
 
@@ -47,6 +49,12 @@ class PaymentSettings(ProcessSettings):
         description="Hours an applied webhook event id is kept: 30 days, far above Stripe's 3 days of retries; "
         "below those 72 h the process refuses to start.",
     )
+    fraud_screening_retention_days: float = Field(
+        90,
+        description="Days a fraud screen's decision is kept (the record of why an order was refused), as long as "
+        "the orchestrator keeps a finished saga (SAGA_RETENTION_DAYS); at least 7, the guide's idempotency window "
+        "within which a screening asked again must meet its first decision.",
+    )
 
     fraud_amount_ceiling: Decimal = Field(
         Decimal("10000"),
@@ -66,6 +74,16 @@ class PaymentSettings(ProcessSettings):
             max_units=self.fraud_max_units,
             blocked_email_domains=tuple(d.strip().lower() for d in self.fraud_blocked_email_domains if d.strip()),
         )
+
+    @field_validator("fraud_screening_retention_days")
+    @classmethod
+    def _covers_idempotency_window(cls, days: float) -> float:
+        if days < FRAUD_SCREENING_FLOOR_DAYS:
+            raise retention.RetentionTooShort(
+                f"FRAUD_SCREENING_RETENTION_DAYS={days:g} is shorter than {FRAUD_SCREENING_FLOOR_DAYS:g} days, the "
+                "idempotency window: a screening asked again after its decision is purged would be decided afresh"
+            )
+        return days
 
     @field_validator("webhook_event_retention_hours")
     @classmethod
@@ -115,6 +133,9 @@ def build(settings: PaymentSettings) -> Process:
     process.routes = routes
     process.retention_rules.append(
         retention.Rule(table="webhook_event", column="received_at", hours=settings.webhook_event_retention_hours)
+    )
+    process.retention_rules.append(
+        retention.Rule(table="fraud_screening", column="created_at", hours=settings.fraud_screening_retention_days * 24)
     )
     return process
 

@@ -98,7 +98,7 @@ async def test_a_row_held_by_a_transaction_is_skipped_not_waited_on(pool: asyncp
 async def test_the_payment_process_loop_purges_inbox_and_webhook_events(pool: asyncpg.Pool) -> None:
     process = build(PaymentSettings())
     rules = [retention.inbox_rule(process.settings.inbox_retention_hours), *process.retention_rules]
-    assert {rule.table for rule in rules} == {"inbox", "webhook_event"}
+    assert {rule.table for rule in rules} == {"inbox", "webhook_event", "fraud_screening"}
     await add_inbox(pool, "old-", 3, age_hours=24 * 8)
     await add_inbox(pool, "young-", 2, age_hours=24 * 6)
     # Stripe retries for 3 days: 29-day-old events stay, 31-day-old ones go (720 h by default).
@@ -127,6 +127,21 @@ async def test_the_payment_process_loop_purges_inbox_and_webhook_events(pool: as
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
+
+
+async def test_fraud_decisions_go_after_their_retention_and_recent_ones_stay(pool: asyncpg.Pool) -> None:
+    (rule,) = [r for r in build(PaymentSettings()).retention_rules if r.table == "fraud_screening"]
+    assert rule.hours == 90 * 24
+    await pool.execute(
+        """INSERT INTO fraud_screening (idempotency_key, order_id, decision, reasons, amount_minor, currency,
+                                        created_at)
+           SELECT 'o' || i || '-screen', 'o' || i, 'approved', '[]', 100, 'usd', now() - make_interval(days => d)
+           FROM unnest(ARRAY[1, 2, 3], ARRAY[91, 95, 89]) AS t(i, d)"""
+    )
+    before = purged_total("payment", "fraud_screening")
+    assert await retention.purge(pool, rule, service="payment") == 2
+    assert await ids(pool, "fraud_screening", "idempotency_key") == {"o3-screen"}
+    assert purged_total("payment", "fraud_screening") == before + 2
 
 
 async def test_every_purged_column_is_indexed() -> None:

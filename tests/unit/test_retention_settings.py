@@ -63,3 +63,11 @@ def longest_redelivery_window_seconds(workflow: definition.Workflow, delivery_li
 def test_the_floor_exceeds_the_workflows_longest_redelivery_window() -> None:
     window = longest_redelivery_window_seconds(definition.load(), ProcessSettings().delivery_limit)
     assert window < retention.RETENTION_FLOOR_HOURS * 3600, f"the workflow's window is {window / 3600:.1f} h"
+
+
+def test_fraud_decisions_are_kept_ninety_days_and_never_under_the_idempotency_window(monkeypatch) -> None:
+    assert PaymentSettings().fraud_screening_retention_days == 90
+    monkeypatch.setenv("FRAUD_SCREENING_RETENTION_DAYS", "3")
+    refused = r"FRAUD_SCREENING_RETENTION_DAYS=3 is shorter than 7 days, the idempotency window"
+    with pytest.raises(ValidationError, match=refused):
+        PaymentSettings()
