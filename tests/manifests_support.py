@@ -59,13 +59,15 @@ def build(overlay: str) -> list[Obj]:
     return [o for o in yaml.safe_load_all(result.stdout) if o]
 
 
-def build_with_components(*components: str) -> list[Obj]:
-    """The base with optional components (``components/<name>``), as an overlay adding them would build it."""
+def build_with_components(*components: str, on: str = "base") -> list[Obj]:
+    """``on`` (the base, or an overlay: ``overlays/production``) with optional components (``components/<name>``),
+    as an overlay adding them would build it: recommended-labels last, so the components' objects carry them."""
     listed = "".join(f"  - ../../components/{c}\n" for c in (*components, "recommended-labels"))
+    # Inside deploy/k8s: kustomize refuses absolute paths and resolves ../../ from here.
     with tempfile.TemporaryDirectory(dir=K8S, prefix=".test.") as scratch:
         (Path(scratch) / "with").mkdir()
         (Path(scratch) / "with/kustomization.yaml").write_text(
-            f"namespace: orderflow\nresources: [../../base]\ncomponents:\n{listed}"
+            f"namespace: orderflow\nresources: [../../{on}]\ncomponents:\n{listed}"
         )
         return build(str(Path(scratch) / "with"))
 

@@ -7,7 +7,8 @@ on its readiness probe's path and port, serve metrics on the port the ServiceMon
 they must complete an order published to the broker. The other tests check what a run cannot show: every
 variable a manifest sets is one the code reads (the optional components' too), pods outlast their drain, the
 Compose file mirrors the overlay, the monitoring objects are generated from deploy/monitoring, labels follow
-Kubernetes' conventions, deploy/k8s itself is no local overlay, and KEDA scales every consumer queue.
+Kubernetes' conventions, deploy/k8s itself is no local overlay, KEDA scales every consumer queue, and the
+orchestrator reaches the internet for OIDC only where components/oidc is added.
 """
 
 import asyncio
@@ -81,6 +82,7 @@ BUILDS: dict[str, Any] = {
     "overlays/external": lambda: build("overlays/external"),
     "deploy/k8s": lambda: build("."),
     "base+keda+otel": lambda: build_with_components("keda", "otel"),
+    "overlays/production+oidc": lambda: build_with_components("oidc", on="overlays/production"),
 }
 
 
@@ -191,6 +193,43 @@ def test_keda_scales_every_consumer_on_its_queues() -> None:
     for queue in consumer_queues():
         expected.setdefault(f"orderflow-{queue.split('.', 1)[0]}", set()).add(queue)
     assert scaled == expected
+
+
+OIDC_EGRESS = "orderflow-orchestrator-egress-oidc"
+OIDC_SECRET = "orderflow-oidc"
+
+
+def orchestrator_env_from(manifests: Manifests) -> list[dict]:
+    """The orchestrator container's envFrom, in order (later sources win)."""
+    deployment = manifests.get("Deployment", "orderflow-orchestrator")
+    assert deployment is not None
+    container = next(c for c in pod_spec(deployment)["containers"] if c["name"] == "orchestrator")
+    return container.get("envFrom") or []
+
+
+@pytest.mark.parametrize("shipped", ["overlays/production", "overlays/external", "overlays/local", "deploy/k8s"])
+def test_no_shipped_build_opens_the_orchestrator_to_the_internet(shipped: str) -> None:
+    """OIDC is opt-in (components/oidc): without it, no egress to public addresses and no OIDC Secret read."""
+    manifests = Manifests(BUILDS[shipped]())
+    assert manifests.get("NetworkPolicy", OIDC_EGRESS) is None
+    assert OIDC_SECRET not in [s["secretRef"]["name"] for s in orchestrator_env_from(manifests) if "secretRef" in s]
+
+
+def test_the_oidc_component_adds_its_egress_and_the_optional_secret() -> None:
+    """Production with components/oidc: the orchestrator (and only it) may reach public addresses on 443, and
+    reads the Secret last (its keys win), optional, so the component may go in before the Secret exists."""
+    manifests = Manifests(BUILDS["overlays/production+oidc"]())
+    policy = manifests.get("NetworkPolicy", OIDC_EGRESS)
+    assert policy is not None and policy["metadata"]["namespace"] == "orderflow"
+    selected = {
+        d["metadata"]["name"]
+        for d in manifests.of_kind("Deployment")
+        if label_selector_matches(policy["spec"]["podSelector"], pod_labels(d))
+    }
+    assert selected == {"orderflow-orchestrator"}, selected
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    assert [p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]] == [443]
+    assert orchestrator_env_from(manifests)[-1] == {"secretRef": {"name": OIDC_SECRET, "optional": True}}
 
 
 def test_every_variable_a_manifest_sets_is_read_by_the_code(overlay: Manifests) -> None:
