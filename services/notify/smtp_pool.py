@@ -23,7 +23,6 @@ from email.message import EmailMessage
 from typing import Any
 
 import aiosmtplib
-from aiosmtplib.protocol import normalize_message_line_endings
 from aiosmtplib.typing import Default
 
 log = logging.getLogger(__name__)
@@ -34,6 +33,18 @@ QUIT_TIMEOUT_SECONDS = 1.0
 SERVICE_NOT_AVAILABLE = 421
 #: A line of the message starting with a period gets a second one, so it cannot end DATA (RFC 5321 4.5.2).
 _LEADING_PERIOD = re.compile(rb"(?m)^\.")
+#: Lone CR and LF become CRLF, as aiosmtplib's DATA does (every version from the floor, 3.0, on; its helper for
+#: it is not public and is missing before 5.x, so the two rules live here).
+_LINE_ENDINGS = re.compile(rb"(?:\r\n|\n|\r(?!\n))")
+
+
+def data_bytes(content: bytes) -> bytes:
+    """What DATA writes for ``content``: line endings made CRLF, a final CRLF, leading periods doubled, the
+    terminating <CRLF>.<CRLF>."""
+    content = _LINE_ENDINGS.sub(b"\r\n", content)
+    if not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    return _LEADING_PERIOD.sub(b"..", content) + b".\r\n"
 
 
 class UnansweredMessage(Exception):
@@ -85,7 +96,7 @@ class _Client(aiosmtplib.SMTP):
         if timeout is Default.token:  # what sendmail passes on when no timeout was given: the client's
             timeout = self.timeout
         content = message.encode("ascii") if isinstance(message, str) else message
-        content = _LEADING_PERIOD.sub(b"..", normalize_message_line_endings(content)) + b".\r\n"
+        content = data_bytes(content)
         try:
             start = await protocol.execute_command(b"DATA", timeout=timeout)
             if start.code != aiosmtplib.SMTPStatus.start_input:
