@@ -9,8 +9,9 @@ goes out through the outbox, in the same transaction as the payment's new status
 Only a verified body is read, into a small typed view (:class:`StripeEvent`)
 rather than the SDK's StripeObject tree (``Webhook.construct_event``): four
 fields are used, and building the tree cost 0.5 to 0.8 ms per event against
-0.02 to 0.04 ms for verifying and ``json.loads``; every event comes here (three
-per payment), most of them to be acknowledged unread.
+0.02 to 0.04 ms for verifying and ``json.loads``. An endpoint enabled for every
+event gets three per payment, most of them acknowledged unread; enabled for the
+HANDLED ones (docs/deploy.md), one.
 
 An event is a notification, not the truth: the PaymentIntent it names is
 fetched from Stripe and only Stripe's answer is acted on, in every
