@@ -58,12 +58,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ports_outside_the_ephemeral_range(size: int) -> range:
+    """Where a block of ``size`` listening ports can go without meeting the kernel's ephemeral ports: a port
+    free when the block is chosen can be handed to an outgoing connection (a pool's, the broker client's) in
+    the seconds before the process binds it, and a long-lived connection then holds it for good. Below the
+    range when there is room (Linux's default is 32768-60999), else above it."""
+    low, high = 32768, 60999
+    with contextlib.suppress(OSError, ValueError):
+        low, high = (int(p) for p in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    if low - 10000 > 4 * size:
+        return range(10000, low - size)
+    return range(high + 1, 65535 - size)
+
+
 def free_port_block(size: int) -> int:
-    """A base port with ``size`` consecutive free ports after it. The base is drawn at random: the kernel hands
-    out neighbouring ports to two installations started at the same moment (two benchmarks side by side),
-    whose blocks would then overlap."""
+    """A base port with ``size`` consecutive free ports after it, outside the ephemeral range. The base is drawn
+    at random: two installations started at the same moment (two benchmarks side by side) would otherwise get
+    neighbouring blocks that overlap."""
+    candidates = _ports_outside_the_ephemeral_range(size)
     for _ in range(200):
-        base = random.randrange(20000, 60000 - size)
+        base = random.choice(candidates)
         ok = True
         for port in range(base, base + size):
             with socket.socket() as s:
